@@ -1,0 +1,48 @@
+# maskd: `make demo` runs the demo, `make test` runs every test.
+# Both create the virtualenv and install what they need on a fresh Debian.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: all install demo test test-fast test-integration lint bench lock clean wasm
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
+	./scripts/system-deps.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mask demo
+
+# Everything: unit, property, component, tui and the multi-process tests.
+test: $(STAMP)
+	$(PYTEST) -q -p no:cacheprovider tests
+
+# The inner loop: no real processes.
+test-fast: $(STAMP)
+	$(PYTEST) -q -p no:cacheprovider tests/unit tests/property tests/component tests/tui -m "not integration"
+
+test-integration: $(STAMP)
+	$(PYTEST) -q -p no:cacheprovider tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/gossip.py
+	$(PY) bench/storage.py
+
+lock: $(STAMP)
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^maskd' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .devnet .demo

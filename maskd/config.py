@@ -1,0 +1,340 @@
+"""Configuration: one validated, frozen tree, loaded once at start.
+
+Precedence: built-in defaults < ``--config`` file < ``MASK_*`` environment <
+command-line flags. Every key has a default here and a comment in
+configs/default.toml (a test keeps the two equal).
+
+Environment variables are named ``MASK_<SECTION>_<KEY>`` in upper case, for
+example ``MASK_P2P_PING_TIMEOUT_S=3``; lists are comma-separated. Because the
+schema is known, the name is matched against it, so underscores in keys are not
+ambiguous. ``MASK_DATA_DIR`` is accepted as a short form of
+``MASK_NODE_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from protocol.errors import ConfigError
+
+Role = Literal["provider", "requester", "both"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+_DIGITS = re.compile(r"^[0-9]{1,78}$")
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NodeConfig(_Section):
+    data_dir: str = ""
+    role: Role = "both"
+    log_level: LogLevel = "info"
+    log_json: bool = False
+
+
+class IdentityConfig(_Section):
+    passphrase_file: str = ""
+    scrypt_n: int = 262144
+
+
+class P2PConfig(_Section):
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = False
+    dht: bool = True
+    max_peers: int = 64
+    redial_interval_s: float = 5.0
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 5.0
+    heartbeat_interval_s: float = 1.0
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    max_message_bytes: int = 65536
+    publish_rate_per_s: float = 20.0
+    outbound_queue: int = 1024
+    ban_threshold: float = 100.0
+    ban_duration_s: float = 600.0
+    score_half_life_s: float = 300.0
+
+
+class PricesConfig(_Section):
+    cpu_core_hour: str = "1000000000000000"
+    memory_gb_hour: str = "100000000000000"
+    gpu_hour: str = "50000000000000000"
+    storage_gb_hour: str = "10000000000000"
+
+
+class OffersConfig(_Section):
+    ttl_s: float = 60.0
+    republish_interval_s: float = 20.0
+    capacity_check_interval_s: float = 10.0
+    cpu: int = 0
+    memory_mb: int = 0
+    disk_mb: int = 0
+    storage_mb: int = 0
+    gpus: bool = True
+    executors: tuple[str, ...] = ("wasm",)
+    prices: PricesConfig = PricesConfig()
+
+
+class RpcConfig(_Section):
+    socket: str = ""
+    max_line_bytes: int = 1048576
+    max_connections: int = 64
+
+
+class StorageConfig(_Section):
+    quota_mb: int = 10240
+
+
+class Config(_Section):
+    node: NodeConfig = NodeConfig()
+    identity: IdentityConfig = IdentityConfig()
+    p2p: P2PConfig = P2PConfig()
+    offers: OffersConfig = OffersConfig()
+    rpc: RpcConfig = RpcConfig()
+    storage: StorageConfig = StorageConfig()
+
+    # -- derived paths --------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        if self.node.data_dir:
+            return Path(self.node.data_dir).expanduser()
+        import platformdirs
+
+        return platformdirs.user_data_path("maskd")
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.rpc.socket).expanduser() if self.rpc.socket else self.data_path / "maskd.sock"
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < file < environment < ``overrides`` (flags, as nested dicts)."""
+    merged: dict[str, Any] = {}
+    if path is not None:
+        _deep_merge(merged, _read_toml(Path(path)))
+    _deep_merge(merged, _from_env(os.environ if env is None else env))
+    if overrides:
+        _deep_merge(merged, overrides)
+    try:
+        cfg = msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _config_error_from_msgspec(str(exc), path) from None
+    _check_meaning(cfg)
+    return cfg
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist", hint="check the --config path"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path} cannot be read: {exc.strerror}",
+            hint="check the file's permissions",
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}",
+            hint="see configs/default.toml for the syntax of every key",
+        ) from None
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _env_keys() -> dict[str, tuple[tuple[str, ...], type]]:
+    """Every settable key as its environment-variable name."""
+    out: dict[str, tuple[tuple[str, ...], type]] = {}
+
+    def walk(struct_type: type, prefix: tuple[str, ...]) -> None:
+        for field in msgspec.structs.fields(struct_type):
+            path = (*prefix, field.name)
+            if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct):
+                walk(field.type, path)
+            else:
+                out["MASK_" + "_".join(p.upper() for p in path)] = (path, field.type)
+
+    walk(Config, ())
+    return out
+
+
+def _from_env(env: dict[str, str]) -> dict[str, Any]:
+    keys = _env_keys()
+    aliases = {"MASK_DATA_DIR": "MASK_NODE_DATA_DIR"}
+    result: dict[str, Any] = {}
+    for name, raw in env.items():
+        name = aliases.get(name, name)
+        if name not in keys:
+            continue
+        path, typ = keys[name]
+        value = _parse_env_value(name, raw, typ)
+        node = result
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return result
+
+
+def _parse_env_value(name: str, raw: str, typ: Any) -> Any:
+    origin = getattr(typ, "__origin__", None)
+    if origin is tuple:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if typ is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected a boolean", hint="use true or false")
+    if typ is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected an integer", hint="for example 42") from None
+    if typ is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number", hint="for example 1.5") from None
+    return raw
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _config_error_from_msgspec(text: str, path: Any) -> ConfigError:
+    m = _MSGSPEC_PATH.search(text)
+    where = m.group("path") if m else ""
+    reason = _MSGSPEC_PATH.sub("", text)
+    unknown = re.match(r"Object contains unknown field `(?P<f>[^`]+)`", reason)
+    if unknown:
+        key = f"{where}.{unknown['f']}" if where else unknown["f"]
+        key = re.sub(r"\[\d+\]", "", key)
+        return ConfigError(
+            f"unknown config key `{key}`" + (f" in {path}" if path else ""),
+            hint="check the spelling; every key is listed with a comment in configs/default.toml",
+        )
+    key = re.sub(r"\[(\d+)\]", r"[\1]", where)
+    return ConfigError(
+        f"config key `{key}`: {reason}" + (f" (in {path} or the environment)" if path else ""),
+        hint="see configs/default.toml for the type and meaning of every key",
+    )
+
+
+def _check_meaning(cfg: Config) -> None:
+    from multiaddr import Multiaddr
+
+    def bad(key: str, reason: str, hint: str) -> ConfigError:
+        return ConfigError(f"config key `{key}`: {reason}", hint=hint)
+
+    for i, addr in enumerate(cfg.p2p.listen):
+        _check_multiaddr(f"p2p.listen[{i}]", addr, Multiaddr, need_peer=False, bad=bad)
+    for i, addr in enumerate(cfg.p2p.bootstrap):
+        _check_multiaddr(f"p2p.bootstrap[{i}]", addr, Multiaddr, need_peer=True, bad=bad)
+    if not cfg.p2p.listen:
+        raise bad("p2p.listen", "at least one listen address is needed", 'e.g. ["/ip4/0.0.0.0/tcp/4001"]')
+    positive = {
+        "p2p.redial_interval_s": cfg.p2p.redial_interval_s,
+        "p2p.ping_interval_s": cfg.p2p.ping_interval_s,
+        "p2p.ping_timeout_s": cfg.p2p.ping_timeout_s,
+        "p2p.heartbeat_interval_s": cfg.p2p.heartbeat_interval_s,
+        "p2p.publish_rate_per_s": cfg.p2p.publish_rate_per_s,
+        "p2p.ban_threshold": cfg.p2p.ban_threshold,
+        "p2p.score_half_life_s": cfg.p2p.score_half_life_s,
+        "offers.ttl_s": cfg.offers.ttl_s,
+        "offers.republish_interval_s": cfg.offers.republish_interval_s,
+        "offers.capacity_check_interval_s": cfg.offers.capacity_check_interval_s,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise bad(key, f"must be greater than 0, got {value}", "use a positive number")
+    ints = {
+        "p2p.max_peers": (cfg.p2p.max_peers, 1, 10000),
+        "p2p.degree": (cfg.p2p.degree, 1, 64),
+        "p2p.degree_low": (cfg.p2p.degree_low, 1, 64),
+        "p2p.degree_high": (cfg.p2p.degree_high, 1, 128),
+        "p2p.max_message_bytes": (cfg.p2p.max_message_bytes, 1024, 1 << 20),
+        "p2p.outbound_queue": (cfg.p2p.outbound_queue, 32, 1 << 16),
+        "rpc.max_line_bytes": (cfg.rpc.max_line_bytes, 1024, 64 << 20),
+        "rpc.max_connections": (cfg.rpc.max_connections, 1, 4096),
+        "identity.scrypt_n": (cfg.identity.scrypt_n, 2, 1 << 22),
+        "offers.cpu": (cfg.offers.cpu, 0, 1 << 16),
+        "offers.memory_mb": (cfg.offers.memory_mb, 0, 1 << 40),
+        "offers.disk_mb": (cfg.offers.disk_mb, 0, 1 << 40),
+        "offers.storage_mb": (cfg.offers.storage_mb, 0, 1 << 40),
+        "storage.quota_mb": (cfg.storage.quota_mb, 1, 1 << 40),
+    }
+    for key, (value, lo, hi) in ints.items():
+        if not lo <= value <= hi:
+            raise bad(key, f"must be between {lo} and {hi}, got {value}", "see configs/default.toml")
+    if cfg.identity.scrypt_n & (cfg.identity.scrypt_n - 1):
+        raise bad("identity.scrypt_n", "must be a power of two", "e.g. 262144 (real use) or 16384 (devnet)")
+    if not cfg.p2p.degree_low <= cfg.p2p.degree <= cfg.p2p.degree_high:
+        raise bad("p2p.degree", "need degree_low <= degree <= degree_high", "e.g. 4 <= 6 <= 12")
+    if cfg.offers.republish_interval_s >= cfg.offers.ttl_s:
+        raise bad(
+            "offers.republish_interval_s",
+            f"must be shorter than offers.ttl_s ({cfg.offers.ttl_s}), or offers lapse between republishes",
+            "use about a third of the TTL",
+        )
+    from protocol.messages import KNOWN_EXECUTORS
+
+    for i, name in enumerate(cfg.offers.executors):
+        if name not in KNOWN_EXECUTORS:
+            raise bad(f"offers.executors[{i}]", f"unknown executor {name!r}", f"one of {sorted(KNOWN_EXECUTORS)}")
+    for field in msgspec.structs.fields(PricesConfig):
+        value = getattr(cfg.offers.prices, field.name)
+        if not _DIGITS.match(value):
+            raise bad(
+                f"offers.prices.{field.name}",
+                f"{value!r} is not a whole number of token base units",
+                'write it as a decimal string, e.g. "1000000000000000"',
+            )
+
+
+def _check_multiaddr(key, addr, Multiaddr, *, need_peer, bad):
+    try:
+        ma = Multiaddr(addr)
+    except Exception as exc:
+        raise bad(key, f"{addr!r} is not a multiaddr ({exc})", "e.g. /ip4/127.0.0.1/tcp/4001") from None
+    protos = [p.name for p in ma.protocols()]
+    if "tcp" not in protos:
+        raise bad(key, f"{addr!r} has no /tcp/ part", "maskd listens and dials over TCP: /ip4/…/tcp/PORT")
+    port = int(ma.value_for_protocol("tcp"))
+    if not 0 <= port <= 65535:
+        raise bad(key, f"port {port} is out of range", "use 0-65535 (0 picks a free port)")
+    if need_peer and "p2p" not in protos:
+        raise bad(key, f"{addr!r} has no /p2p/<peer id>", "append the peer id: …/tcp/4001/p2p/12D3Koo…")
+
+
+def dump_defaults() -> dict[str, Any]:
+    return msgspec.to_builtins(Config())
