@@ -324,6 +324,8 @@ class Node:
                 "hung_disconnects": st.hung_disconnects,
                 "bans": st.bans,
                 "publish_dropped": st.publish_dropped,
+                "dials_ok": st.dials_ok,
+                "dials_failed": st.dials_failed,
                 "banned_peers": sorted(self.mesh.scores.banned(self.clock())),
             },
             "data_dir": str(self.config.data_path),

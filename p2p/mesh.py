@@ -172,6 +172,18 @@ class _Notifee(INotifee):
         pass
 
 
+def make_host(key_pair, *, mdns: bool = False, dial_timeout: float = 5.0):
+    """A libp2p host as maskd runs it: TCP, Noise only, Yamux, one connection per peer."""
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        enable_mDNS=mdns,
+        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=dial_timeout),
+    )
+
+
 def _is_loopback(addrs: tuple[str, ...]) -> bool:
     return all("/ip4/127." in a or "/ip6/::1/" in a for a in addrs)
 
@@ -227,17 +239,7 @@ class Mesh:
         # modules; ours say what matters. --log-level debug shows them.
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("libp2p").setLevel(logging.CRITICAL)
-        noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        host = new_host(
-            key_pair=self._key_pair,
-            sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-            enable_mDNS=s.mdns,
-            connection_config=ConnectionConfig(
-                max_connections_per_peer=1,
-                dial_timeout=max(2.0, s.ping_timeout_s),
-            ),
-        )
+        host = make_host(self._key_pair, mdns=s.mdns, dial_timeout=max(2.0, s.ping_timeout_s))
         self.host = host
         # py-libp2p hard-wires a 32-RPC outbound queue per peer through a default
         # argument; widen it (bounded still) before any peer connects.
