@@ -1,0 +1,451 @@
+"""The job spec users write (``job.toml``), loaded and validated once at the edge.
+
+The format is documented in ``docs/jobspec.md`` and is a public, stable
+interface: fields may be added (optional, with defaults) but never renamed.
+
+Validation is strict on purpose. A spec is the requester's promise about what
+the job needs and what it may cost; a typo that silently fell back to a default
+(``memroy_mb = 4096``) would either waste money or make the job fail far away on
+a provider. So every mistake becomes one ``JobError(code="spec_invalid")`` whose
+message names the field (``resources.memory_mb``) and the reason, with a hint.
+
+This module reads the spec file and checks that local paths exist; it does no
+other I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from multiformats import CID
+
+from protocol.errors import JobError
+
+__all__ = [
+    "EXECUTORS",
+    "VERIFY_MODES",
+    "ContentRef",
+    "JobSpec",
+    "Price",
+    "Resources",
+    "Verify",
+    "load_spec",
+    "parse_spec",
+]
+
+#: Executors a job may name today. The others are planned (DESIGN.md §6) and
+#: get a "not supported yet" message rather than "unknown".
+EXECUTORS = frozenset({"wasm"})
+_PLANNED_EXECUTORS = frozenset({"native", "zk-groth16"})
+VERIFY_MODES = frozenset({"receipt"})
+_PLANNED_VERIFY_MODES = frozenset({"replicate", "freivalds", "zk"})
+
+MAX_MEMORY_MB = 1024 * 1024  # 1 TiB
+MAX_CPU = 1024
+MAX_GPU = 64
+MAX_DEADLINE_SECONDS = 30 * 24 * 3600  # 30 days: longer jobs should be split
+MAX_FUEL = 2**63 - 1  # wasmtime's fuel counter is a signed 64-bit integer
+MAX_TOTAL = 2**256 - 1  # a uint256 on chain
+MAX_ARGS = 256
+MAX_ARG_BYTES = 4096
+MAX_INPUTS = 1024
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CID_PREFIXES = ("bafy", "bafk", "Qm")
+
+_TOP_KEYS = ("name", "executor", "program", "args", "inputs", "resources", "price", "verify")
+_RESOURCE_KEYS = ("cpu", "memory_mb", "gpu", "max_seconds", "max_fuel")
+_PRICE_KEYS = ("max_total", "deadline_seconds")
+_VERIFY_KEYS = ("mode",)
+
+
+class ContentRef(msgspec.Struct, frozen=True):
+    """A program or an input: a local path (absolute, resolved) or a CID.
+
+    Local paths are resolved against the spec file's folder when the spec is
+    loaded, so the daemon never depends on the client's working directory.
+    """
+
+    kind: Literal["path", "cid"]
+    value: str
+
+    @property
+    def name(self) -> str:
+        """The name the input gets under ``/in``: the file or folder name, or the CID."""
+        return Path(self.value).name if self.kind == "path" else self.value
+
+
+class Resources(msgspec.Struct, frozen=True):
+    """What the job needs. ``max_seconds`` is wall clock; ``max_fuel`` is wasm only."""
+
+    cpu: int = 1
+    memory_mb: int = 128
+    gpu: int = 0
+    max_seconds: int = 60
+    max_fuel: int | None = None
+
+
+class Price(msgspec.Struct, frozen=True):
+    """``max_total`` is in token base units (an int: too large for TOML integers)."""
+
+    max_total: int
+    deadline_seconds: int = 300
+
+
+class Verify(msgspec.Struct, frozen=True):
+    mode: str = "receipt"
+
+
+class JobSpec(msgspec.Struct, frozen=True):
+    """A validated job spec. Build one with :func:`load_spec` or :func:`parse_spec`."""
+
+    name: str
+    executor: str
+    program: ContentRef
+    price: Price
+    args: tuple[str, ...] = ()
+    inputs: tuple[ContentRef, ...] = ()
+    resources: Resources = Resources()
+    verify: Verify = Verify()
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a ``job.toml``; local paths resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise _invalid(
+            None, f"spec file {str(path)!r} does not exist", "check the path to job.toml"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _invalid(
+            None, f"cannot read spec file {str(path)!r}: {e}", "is it a UTF-8 TOML file?"
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _invalid(
+            None, f"{path.name} is not valid TOML: {e}", "see docs/jobspec.md for the format"
+        ) from None
+    return parse_spec(data, base_dir=path.resolve().parent)
+
+
+def parse_spec(data: Mapping[str, Any], *, base_dir: Path) -> JobSpec:
+    """Validate an already-parsed TOML document. ``base_dir`` anchors relative paths."""
+    _check_keys(data, _TOP_KEYS, prefix="")
+    name = _require_str(data, "name", "")
+    if not _NAME_RE.match(name):
+        raise _invalid(
+            "name",
+            f"{name!r} is not a valid job name",
+            "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+
+    executor = _require_str(data, "executor", "")
+    if executor not in EXECUTORS:
+        if executor in _PLANNED_EXECUTORS:
+            reason = f"executor {executor!r} is not supported yet"
+        else:
+            reason = f"unknown executor {executor!r}"
+        raise _invalid("executor", reason, f"use one of: {', '.join(sorted(EXECUTORS))}")
+
+    program = _content_ref(_require_str(data, "program", ""), "program", base_dir, want_file=True)
+    args = _args(data.get("args", []))
+    inputs = _inputs(data.get("inputs", []), base_dir)
+    resources = _resources(_table(data, "resources", required=False), executor)
+    price = _price(_table(data, "price", required=True))
+    verify = _verify(_table(data, "verify", required=False))
+
+    if resources.max_seconds > price.deadline_seconds:
+        raise _invalid(
+            "resources.max_seconds",
+            f"{resources.max_seconds} is longer than price.deadline_seconds "
+            f"({price.deadline_seconds}): the job could never finish in time",
+            "lower resources.max_seconds or raise price.deadline_seconds",
+        )
+    return JobSpec(
+        name=name,
+        executor=executor,
+        program=program,
+        args=args,
+        inputs=inputs,
+        resources=resources,
+        price=price,
+        verify=verify,
+    )
+
+
+# --- sections ---------------------------------------------------------------
+
+
+def _args(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _invalid(
+            "args", f"must be a list of strings, got {_tname(value)}", 'e.g. args = ["10"]'
+        )
+    if len(value) > MAX_ARGS:
+        raise _invalid(
+            "args",
+            f"has {len(value)} items, the most is {MAX_ARGS}",
+            "pass large data as an input file",
+        )
+    for i, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise _invalid(
+                f"args[{i}]",
+                f"must be a string, got {_tname(arg)}",
+                f"quote it: args = [{str(arg)!r}]".replace("'", '"'),
+            )
+        if len(arg.encode()) > MAX_ARG_BYTES or "\x00" in arg:
+            raise _invalid(
+                f"args[{i}]",
+                f"must be at most {MAX_ARG_BYTES} bytes with no NUL character",
+                "pass large data as an input file",
+            )
+    return tuple(value)
+
+
+def _inputs(value: Any, base_dir: Path) -> tuple[ContentRef, ...]:
+    if not isinstance(value, list):
+        raise _invalid(
+            "inputs",
+            f"must be a list of paths or CIDs, got {_tname(value)}",
+            'e.g. inputs = ["data/"]',
+        )
+    if len(value) > MAX_INPUTS:
+        raise _invalid(
+            "inputs",
+            f"has {len(value)} items, the most is {MAX_INPUTS}",
+            "put the files in a folder",
+        )
+    refs: list[ContentRef] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        field = f"inputs[{i}]"
+        if not isinstance(item, str):
+            raise _invalid(
+                field,
+                f"must be a path or a CID string, got {_tname(item)}",
+                'e.g. inputs = ["data/"]',
+            )
+        ref = _content_ref(item, field, base_dir, want_file=False)
+        if ref.name in seen:
+            raise _invalid(
+                field,
+                f"would be mounted as /in/{ref.name}, like inputs[{seen[ref.name]}]",
+                "give the inputs different names, or put them in one folder",
+            )
+        seen[ref.name] = i
+        refs.append(ref)
+    return tuple(refs)
+
+
+def _resources(table: Mapping[str, Any], executor: str) -> Resources:
+    _check_keys(table, _RESOURCE_KEYS, prefix="resources.")
+    d = Resources()
+    cpu = _int(table, "cpu", "resources.", d.cpu, lo=1, hi=MAX_CPU, unit="cores")
+    memory_mb = _int(
+        table, "memory_mb", "resources.", d.memory_mb, lo=1, hi=MAX_MEMORY_MB, unit="MB (1 TiB)"
+    )
+    gpu = _int(table, "gpu", "resources.", d.gpu, lo=0, hi=MAX_GPU, unit="GPUs")
+    max_seconds = _int(
+        table,
+        "max_seconds",
+        "resources.",
+        d.max_seconds,
+        lo=1,
+        hi=MAX_DEADLINE_SECONDS,
+        unit="seconds",
+    )
+    max_fuel = None
+    if "max_fuel" in table:
+        max_fuel = _int(table, "max_fuel", "resources.", None, lo=1, hi=MAX_FUEL, unit="units")
+        if executor != "wasm":
+            raise _invalid(
+                "resources.max_fuel", 'is only meaningful for executor = "wasm"', "remove it"
+            )
+    if gpu and executor == "wasm":
+        raise _invalid(
+            "resources.gpu",
+            f"asks for {gpu} GPU(s) but wasm jobs cannot use a GPU",
+            "remove resources.gpu or use a GPU-capable executor when one is available",
+        )
+    return Resources(
+        cpu=cpu, memory_mb=memory_mb, gpu=gpu, max_seconds=max_seconds, max_fuel=max_fuel
+    )
+
+
+def _price(table: Mapping[str, Any]) -> Price:
+    _check_keys(table, _PRICE_KEYS, prefix="price.")
+    if "max_total" not in table:
+        raise _invalid(
+            "price.max_total",
+            "is missing: the most you will pay must be explicit",
+            'e.g. max_total = "1000000000000000" (token base units)',
+        )
+    raw = table["max_total"]
+    if not isinstance(raw, str):
+        raise _invalid(
+            "price.max_total",
+            f"must be a string of digits (token base units), got {_tname(raw)}",
+            f'quote it: max_total = "{raw}" (TOML integers are too small for token amounts)',
+        )
+    if not raw.isascii() or not raw.isdigit():
+        raise _invalid(
+            "price.max_total",
+            f"{raw!r} is not a non-negative integer",
+            'write whole token base units with digits only, e.g. "1000000000000000"',
+        )
+    max_total = int(raw)
+    if max_total == 0 or max_total > MAX_TOTAL:
+        raise _invalid(
+            "price.max_total",
+            f"{raw} is out of range: it must be at least 1 and fit in 256 bits",
+            "set the most you are willing to pay, in token base units",
+        )
+    deadline = _int(
+        table,
+        "deadline_seconds",
+        "price.",
+        Price(0).deadline_seconds,
+        lo=1,
+        hi=MAX_DEADLINE_SECONDS,
+        unit="seconds",
+    )
+    return Price(max_total=max_total, deadline_seconds=deadline)
+
+
+def _verify(table: Mapping[str, Any]) -> Verify:
+    _check_keys(table, _VERIFY_KEYS, prefix="verify.")
+    mode = table.get("mode", Verify().mode)
+    if not isinstance(mode, str):
+        raise _invalid(
+            "verify.mode", f"must be a string, got {_tname(mode)}", 'e.g. mode = "receipt"'
+        )
+    if mode not in VERIFY_MODES:
+        reason = (
+            f"verify mode {mode!r} is not supported yet"
+            if mode in _PLANNED_VERIFY_MODES
+            else f"unknown verify mode {mode!r}"
+        )
+        raise _invalid("verify.mode", reason, f"use one of: {', '.join(sorted(VERIFY_MODES))}")
+    return Verify(mode=mode)
+
+
+# --- helpers ----------------------------------------------------------------
+
+
+def _content_ref(value: str, field: str, base_dir: Path, *, want_file: bool) -> ContentRef:
+    """A CID if it looks like one and decodes; otherwise a path that must exist."""
+    if not value:
+        raise _invalid(field, "is empty", "give a path relative to job.toml, or a CID")
+    if value.startswith(_CID_PREFIXES):
+        try:
+            return ContentRef("cid", str(CID.decode(value)))
+        except (ValueError, KeyError, TypeError) as e:
+            cid_error: Exception | None = e
+    else:
+        cid_error = None
+    path = (base_dir / value).resolve()
+    if path.exists():
+        if want_file and not path.is_file():
+            raise _invalid(
+                field,
+                f"{value!r} is not a file",
+                "point it at the compiled program, e.g. hello.wasm",
+            )
+        return ContentRef("path", str(path))
+    if cid_error is not None:
+        raise _invalid(
+            field,
+            f"{value!r} is neither an existing path nor a valid CID ({cid_error})",
+            "check the CID, or the path relative to job.toml",
+        )
+    raise _invalid(
+        field,
+        f"{value!r} does not exist (looked for {path})",
+        "paths are relative to the folder that holds job.toml; build the program first?",
+    )
+
+
+def _table(data: Mapping[str, Any], key: str, *, required: bool) -> Mapping[str, Any]:
+    if key not in data:
+        if required:
+            raise _invalid(key, f"the [{key}] table is missing", "see docs/jobspec.md")
+        return {}
+    value = data[key]
+    if not isinstance(value, Mapping):
+        raise _invalid(
+            key, f"must be a table, got {_tname(value)}", f"write it as a [{key}] section"
+        )
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], known: tuple[str, ...], *, prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            raise _invalid(
+                f"{prefix}{key}",
+                "unknown key",
+                f"known keys{' in [' + prefix[:-1] + ']' if prefix else ''}: {', '.join(known)}",
+            )
+
+
+def _require_str(data: Mapping[str, Any], key: str, prefix: str) -> str:
+    if key not in data:
+        raise _invalid(f"{prefix}{key}", "is missing", "see docs/jobspec.md for the required keys")
+    value = data[key]
+    if not isinstance(value, str):
+        raise _invalid(
+            f"{prefix}{key}", f"must be a string, got {_tname(value)}", f'e.g. {key} = "..."'
+        )
+    return value
+
+
+def _int(
+    table: Mapping[str, Any],
+    key: str,
+    prefix: str,
+    default: int | None,
+    *,
+    lo: int,
+    hi: int,
+    unit: str,
+) -> int:
+    value = table.get(key, default)
+    field = f"{prefix}{key}"
+    # bool is an int in Python; `cpu = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            hint = f"write it without a decimal point: {key} = {int(value)}"
+        else:
+            hint = f"write a whole number, e.g. {key} = {default if default is not None else lo}"
+        raise _invalid(field, f"must be an integer, got {_tname(value)}", hint)
+    if not lo <= value <= hi:
+        raise _invalid(
+            field, f"{value} is out of range [{lo}, {hi}] {unit}", f"use a value from {lo} to {hi}"
+        )
+    return value
+
+
+def _tname(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _invalid(field: str | None, reason: str, hint: str) -> JobError:
+    message = f"job spec: {field}: {reason}" if field else f"job spec: {reason}"
+    return JobError(message, hint=hint, code="spec_invalid")
