@@ -327,7 +327,9 @@ class Mesh:
         """
         if len(data) > self.settings.max_message_bytes:
             self.stats.publish_dropped += 1
-            log.warning("not publishing a %d-byte message on %s: over max_message_bytes", len(data), topic)
+            log.warning(
+                "not publishing a %d-byte message on %s: over max_message_bytes", len(data), topic
+            )
             return False
         now = self.clock()
         rate = self.settings.publish_rate_per_s
@@ -418,7 +420,13 @@ class Mesh:
             return True
         fwd = forwarder.to_base58()
         if outcome.verdict is Verdict.REJECT and fwd != self.peer_id.to_base58():
-            log.info("rejected gossip from %s (forwarded by %s): %s %s", source, fwd, outcome.reason, outcome.detail)
+            log.info(
+                "rejected gossip from %s (forwarded by %s): %s %s",
+                source,
+                fwd,
+                outcome.reason,
+                outcome.detail,
+            )
             self._penalise(fwd, outcome.reason.value)
         return False
 
@@ -449,7 +457,9 @@ class Mesh:
 
     def _apply_ban(self, ban: Ban) -> None:
         self.stats.bans += 1
-        log.warning("banning %s for %.0f s (score %.0f)", ban.peer_id, ban.until - self.clock(), ban.score)
+        log.warning(
+            "banning %s for %.0f s (score %.0f)", ban.peer_id, ban.until - self.clock(), ban.score
+        )
         try:
             self.pubsub.add_to_blacklist(ID.from_base58(ban.peer_id))
         except Exception:
@@ -562,7 +572,8 @@ class Mesh:
                 log.debug("dht lookup failed: %s", exc)
             store = self.host.get_peerstore()
             candidates = [
-                p for p in self.dht.routing_table.get_peer_ids()
+                p
+                for p in self.dht.routing_table.get_peer_ids()
                 if p.to_base58() not in self._peers and p != self.peer_id
             ]
             self.rng.shuffle(candidates)
