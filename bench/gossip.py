@@ -53,7 +53,9 @@ def watch(node, seen: dict, lock: threading.Lock, stop: threading.Event) -> None
                     continue
                 key = (offer["peer_id"], offer["seq"])
                 with lock:
-                    seen.setdefault(key, {"issued_at": offer["issued_at"], "at": {}})["at"][node.peer_id] = event["ts"]
+                    seen.setdefault(key, {"issued_at": offer["issued_at"], "at": {}})["at"][
+                        node.peer_id
+                    ] = event["ts"]
     except Exception:
         if not stop.is_set():
             raise
@@ -79,7 +81,10 @@ def run(n: int, seconds: float, rate: float) -> dict:
         seen: dict = {}
         lock = threading.Lock()
         stop = threading.Event()
-        threads = [threading.Thread(target=watch, args=(node, seen, lock, stop), daemon=True) for node in nodes]
+        threads = [
+            threading.Thread(target=watch, args=(node, seen, lock, stop), daemon=True)
+            for node in nodes
+        ]
         for t in threads:
             t.start()
         time.sleep(1.0)  # let every watch stream attach (benchmark, not a test)
@@ -114,8 +119,11 @@ def run(n: int, seconds: float, rate: float) -> dict:
             "p50_ms": round(percentile(full, 0.50), 1),
             "p99_ms": round(percentile(full, 0.99), 1),
             "max_ms": round(max(full), 1) if full else None,
-            "cpu_ms_per_node_per_msg": round(1000 * statistics.mean(cpu) / msgs, 2) if msgs else None,
+            "cpu_ms_per_node_per_msg": round(1000 * statistics.mean(cpu) / msgs, 2)
+            if msgs
+            else None,
             "cpu_util_per_node": round(statistics.mean(cpu) / seconds, 3),
+            "cpu_s_per_node": statistics.mean(cpu),
             "rss_mb_per_node": round(statistics.mean(rss), 1),
             "startup_s": round(startup_s, 1),
         }
@@ -129,9 +137,25 @@ def main() -> None:
     ap.add_argument("--nodes", default="5,10,20")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rate", type=float, default=5.0, help="offers per second across the whole mesh")
+    ap.add_argument(
+        "--baseline-rate",
+        type=float,
+        default=0.5,
+        help="a second, slower run per N; the CPU difference per extra message is the marginal cost (0: skip)",
+    )
     args = ap.parse_args()
     for n in [int(x) for x in args.nodes.split(",")]:
-        print(json.dumps(run(n, args.seconds, args.rate)), flush=True)
+        result = run(n, args.seconds, args.rate)
+        if args.baseline_rate > 0:
+            base = run(n, args.seconds, args.baseline_rate)
+            extra = result["offers"] - base["offers"]
+            if extra > 0:
+                result["marginal_cpu_ms_per_node_per_msg"] = round(
+                    1000 * (result["cpu_s_per_node"] - base["cpu_s_per_node"]) / extra, 2
+                )
+            result["idle_cpu_util_per_node"] = base["cpu_util_per_node"]
+        result["cpu_s_per_node"] = round(result["cpu_s_per_node"], 3)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,12 @@ def devnet() -> None:
 
 @devnet.command("up")
 @click.option("--nodes", "-n", default=4, show_default=True, type=click.IntRange(1, 64))
-@click.option("--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False))
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the mesh to form.")
+@click.option(
+    "--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--timeout", default=90.0, show_default=True, help="Seconds to wait for the mesh to form."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
 def devnet_up(nodes: int, root: str, timeout: float, as_json: bool) -> None:
     """Start N nodes, each bootstrapped to the first; wait until they see each other."""
@@ -64,20 +68,32 @@ def devnet_up(nodes: int, root: str, timeout: float, as_json: bool) -> None:
 
 
 def _node_json(n) -> dict:
-    return {"name": n.data_dir.name, "pid": n.pid, "peer_id": n.peer_id, "addrs": n.addrs, "socket": str(n.socket)}
+    return {
+        "name": n.data_dir.name,
+        "pid": n.pid,
+        "peer_id": n.peer_id,
+        "addrs": n.addrs,
+        "socket": str(n.socket),
+    }
 
 
 @devnet.command("down")
-@click.option("--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False)
+)
 def devnet_down(root: str) -> None:
     """Stop every node of the devnet in DIR, by pid."""
     stopped = stop_devnet(Path(root).resolve())
     for node, was in stopped:
-        click.echo(f"{node.data_dir.name}: {'stopped' if was else 'was not running'} (pid {node.pid})")
+        click.echo(
+            f"{node.data_dir.name}: {'stopped' if was else 'was not running'} (pid {node.pid})"
+        )
 
 
 @devnet.command("status")
-@click.option("--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False)
+)
 @click.option("--json", "as_json", is_flag=True)
 def devnet_status(root: str, as_json: bool) -> None:
     """Each node: alive, peers, offers seen."""
@@ -98,13 +114,22 @@ def devnet_status(root: str, as_json: bool) -> None:
     for col in ("node", "pid", "alive", "peers", "offers seen", "peer id"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], str(r["pid"]), "yes" if r["alive"] else "no", str(r["peers"]), str(r["offers"]), r["peer_id"])
+        table.add_row(
+            r["name"],
+            str(r["pid"]),
+            "yes" if r["alive"] else "no",
+            str(r["peers"]),
+            str(r["offers"]),
+            r["peer_id"],
+        )
     _console().print(table)
 
 
 @click.command("demo")
 @click.option("--nodes", "-n", default=4, show_default=True, type=click.IntRange(2, 16))
-@click.option("--keep", is_flag=True, help="Leave the devnet running (stop it with `mask devnet down`).")
+@click.option(
+    "--keep", is_flag=True, help="Leave the devnet running (stop it with `mask devnet down`)."
+)
 def demo(nodes: int, keep: bool) -> None:
     """Bring up a local mesh, show every node seeing every offer, take it down."""
     console = _console()
@@ -135,7 +160,16 @@ def demo(nodes: int, keep: bool) -> None:
         console.print(table)
         offers = procs[-1].call("v1.offers.list")
         detail = Table(title=f"the offer book as {procs[-1].data_dir.name} sees it")
-        for col in ("provider", "account", "cpu", "memory", "disk", "executors", "price / core-hour", "expires in"):
+        for col in (
+            "provider",
+            "account",
+            "cpu",
+            "memory",
+            "disk",
+            "executors",
+            "price / core-hour",
+            "expires in",
+        ):
             detail.add_column(col)
         now = time.time()
         for o in offers:
@@ -155,7 +189,9 @@ def demo(nodes: int, keep: bool) -> None:
         console.print("[green]ok[/]: the mesh formed and every offer reached every node")
     finally:
         if keep:
-            console.print(f"left running: mask devnet status --dir {root}; stop: mask devnet down --dir {root}")
+            console.print(
+                f"left running: mask devnet status --dir {root}; stop: mask devnet down --dir {root}"
+            )
         else:
             stop_devnet(root)
             shutil.rmtree(root, ignore_errors=True)

@@ -51,6 +51,7 @@ class P2PConfig(_Section):
     dht: bool = True
     max_peers: int = 64
     redial_interval_s: float = 5.0
+    discovery_interval_s: float = 30.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
     heartbeat_interval_s: float = 1.0
@@ -93,6 +94,15 @@ class RpcConfig(_Section):
 
 class StorageConfig(_Section):
     quota_mb: int = 10240
+    backend: str = "local"
+    ipfs_api: str = "http://127.0.0.1:5001"
+    ipfs_timeout_s: float = 60.0
+    fetch_timeout_s: float = 10.0
+    fetch_max_peers: int = 8
+    fetch_requests_per_peer: int = 4
+    fetch_inflight_mb: int = 64
+    serve_streams_per_peer: int = 4
+    verify_on_serve: bool = True
 
 
 class Config(_Section):
@@ -114,7 +124,9 @@ class Config(_Section):
 
     @property
     def socket_path(self) -> Path:
-        return Path(self.rpc.socket).expanduser() if self.rpc.socket else self.data_path / "maskd.sock"
+        return (
+            Path(self.rpc.socket).expanduser() if self.rpc.socket else self.data_path / "maskd.sock"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -219,12 +231,16 @@ def _parse_env_value(name: str, raw: str, typ: Any) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r}: expected an integer", hint="for example 42") from None
+            raise ConfigError(
+                f"{name}={raw!r}: expected an integer", hint="for example 42"
+            ) from None
     if typ is float:
         try:
             return float(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r}: expected a number", hint="for example 1.5") from None
+            raise ConfigError(
+                f"{name}={raw!r}: expected a number", hint="for example 1.5"
+            ) from None
     return raw
 
 
@@ -261,9 +277,12 @@ def _check_meaning(cfg: Config) -> None:
     for i, addr in enumerate(cfg.p2p.bootstrap):
         _check_multiaddr(f"p2p.bootstrap[{i}]", addr, Multiaddr, need_peer=True, bad=bad)
     if not cfg.p2p.listen:
-        raise bad("p2p.listen", "at least one listen address is needed", 'e.g. ["/ip4/0.0.0.0/tcp/4001"]')
+        raise bad(
+            "p2p.listen", "at least one listen address is needed", 'e.g. ["/ip4/0.0.0.0/tcp/4001"]'
+        )
     positive = {
         "p2p.redial_interval_s": cfg.p2p.redial_interval_s,
+        "p2p.discovery_interval_s": cfg.p2p.discovery_interval_s,
         "p2p.ping_interval_s": cfg.p2p.ping_interval_s,
         "p2p.ping_timeout_s": cfg.p2p.ping_timeout_s,
         "p2p.heartbeat_interval_s": cfg.p2p.heartbeat_interval_s,
@@ -273,6 +292,8 @@ def _check_meaning(cfg: Config) -> None:
         "offers.ttl_s": cfg.offers.ttl_s,
         "offers.republish_interval_s": cfg.offers.republish_interval_s,
         "offers.capacity_check_interval_s": cfg.offers.capacity_check_interval_s,
+        "storage.ipfs_timeout_s": cfg.storage.ipfs_timeout_s,
+        "storage.fetch_timeout_s": cfg.storage.fetch_timeout_s,
     }
     for key, value in positive.items():
         if not value > 0:
@@ -292,12 +313,34 @@ def _check_meaning(cfg: Config) -> None:
         "offers.disk_mb": (cfg.offers.disk_mb, 0, 1 << 40),
         "offers.storage_mb": (cfg.offers.storage_mb, 0, 1 << 40),
         "storage.quota_mb": (cfg.storage.quota_mb, 1, 1 << 40),
+        "storage.fetch_max_peers": (cfg.storage.fetch_max_peers, 1, 64),
+        "storage.fetch_requests_per_peer": (cfg.storage.fetch_requests_per_peer, 1, 64),
+        "storage.fetch_inflight_mb": (cfg.storage.fetch_inflight_mb, 4, 4096),
+        "storage.serve_streams_per_peer": (cfg.storage.serve_streams_per_peer, 1, 64),
     }
     for key, (value, lo, hi) in ints.items():
         if not lo <= value <= hi:
-            raise bad(key, f"must be between {lo} and {hi}, got {value}", "see configs/default.toml")
+            raise bad(
+                key, f"must be between {lo} and {hi}, got {value}", "see configs/default.toml"
+            )
+    if cfg.storage.backend not in ("local", "ipfs"):
+        raise bad(
+            "storage.backend",
+            f"unknown backend {cfg.storage.backend!r}",
+            '"local" (the built-in block store) or "ipfs" (a Kubo daemon at storage.ipfs_api)',
+        )
+    if not cfg.storage.ipfs_api.startswith(("http://", "https://")):
+        raise bad(
+            "storage.ipfs_api",
+            f"{cfg.storage.ipfs_api!r} is not an http(s) URL",
+            'the Kubo RPC API address, e.g. "http://127.0.0.1:5001"',
+        )
     if cfg.identity.scrypt_n & (cfg.identity.scrypt_n - 1):
-        raise bad("identity.scrypt_n", "must be a power of two", "e.g. 262144 (real use) or 16384 (devnet)")
+        raise bad(
+            "identity.scrypt_n",
+            "must be a power of two",
+            "e.g. 262144 (real use) or 16384 (devnet)",
+        )
     if not cfg.p2p.degree_low <= cfg.p2p.degree <= cfg.p2p.degree_high:
         raise bad("p2p.degree", "need degree_low <= degree <= degree_high", "e.g. 4 <= 6 <= 12")
     if cfg.offers.republish_interval_s >= cfg.offers.ttl_s:
@@ -310,7 +353,11 @@ def _check_meaning(cfg: Config) -> None:
 
     for i, name in enumerate(cfg.offers.executors):
         if name not in KNOWN_EXECUTORS:
-            raise bad(f"offers.executors[{i}]", f"unknown executor {name!r}", f"one of {sorted(KNOWN_EXECUTORS)}")
+            raise bad(
+                f"offers.executors[{i}]",
+                f"unknown executor {name!r}",
+                f"one of {sorted(KNOWN_EXECUTORS)}",
+            )
     for field in msgspec.structs.fields(PricesConfig):
         value = getattr(cfg.offers.prices, field.name)
         if not _DIGITS.match(value):
@@ -325,15 +372,21 @@ def _check_multiaddr(key, addr, Multiaddr, *, need_peer, bad):
     try:
         ma = Multiaddr(addr)
     except Exception as exc:
-        raise bad(key, f"{addr!r} is not a multiaddr ({exc})", "e.g. /ip4/127.0.0.1/tcp/4001") from None
+        raise bad(
+            key, f"{addr!r} is not a multiaddr ({exc})", "e.g. /ip4/127.0.0.1/tcp/4001"
+        ) from None
     protos = [p.name for p in ma.protocols()]
     if "tcp" not in protos:
-        raise bad(key, f"{addr!r} has no /tcp/ part", "maskd listens and dials over TCP: /ip4/…/tcp/PORT")
+        raise bad(
+            key, f"{addr!r} has no /tcp/ part", "maskd listens and dials over TCP: /ip4/…/tcp/PORT"
+        )
     port = int(ma.value_for_protocol("tcp"))
     if not 0 <= port <= 65535:
         raise bad(key, f"port {port} is out of range", "use 0-65535 (0 picks a free port)")
     if need_peer and "p2p" not in protos:
-        raise bad(key, f"{addr!r} has no /p2p/<peer id>", "append the peer id: …/tcp/4001/p2p/12D3Koo…")
+        raise bad(
+            key, f"{addr!r} has no /p2p/<peer id>", "append the peer id: …/tcp/4001/p2p/12D3Koo…"
+        )
 
 
 def dump_defaults() -> dict[str, Any]:

@@ -107,9 +107,21 @@ def _overrides(data_dir, listen, bootstrap, role, log_level, log_json) -> dict:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--data-dir", help="Keys, database, blocks and the RPC socket live here.")
-@click.option("--listen", multiple=True, metavar="MULTIADDR", help="Listen address (repeatable); port 0 picks one.")
-@click.option("--bootstrap", multiple=True, metavar="MULTIADDR", help="Peer to join through, with /p2p/<id> (repeatable).")
-@click.option("--role", type=click.Choice(["provider", "requester", "both"]), help="What this node does.")
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Listen address (repeatable); port 0 picks one.",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Peer to join through, with /p2p/<id> (repeatable).",
+)
+@click.option(
+    "--role", type=click.Choice(["provider", "requester", "both"]), help="What this node does."
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line.")
 @click.version_option(package_name="maskd", prog_name="maskd")
@@ -119,7 +131,8 @@ def main(config_path, data_dir, listen, bootstrap, role, log_level, log_json) ->
 
     try:
         cfg = load_config(
-            config_path, overrides=_overrides(data_dir, listen, bootstrap, role, log_level, log_json)
+            config_path,
+            overrides=_overrides(data_dir, listen, bootstrap, role, log_level, log_json),
         )
     except ConfigError as err:
         _fail(err, EXIT_CONFIG)
@@ -128,7 +141,20 @@ def main(config_path, data_dir, listen, bootstrap, role, log_level, log_json) ->
         code = _run(cfg)
     except MaskError as err:
         _fail(err, 1)
+    except BaseExceptionGroup as group:  # a start-up MaskError raised inside trio.run
+        err = next((e for e in _leaves(group) if isinstance(e, MaskError)), None)
+        if err is None:
+            raise
+        _fail(err, 1)
     sys.exit(code)
+
+
+def _leaves(group: BaseExceptionGroup):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def _fail(err: MaskError, code: int):
@@ -154,6 +180,15 @@ def _run(cfg) -> int:
         )
         import trio
 
+        profile_dir = os.environ.get("MASK_PROFILE")
+        if profile_dir:  # developer aid: cProfile the whole run (see docs/BENCHMARKS.md)
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                return prof.runcall(trio.run, _serve, cfg, identity)
+            finally:
+                prof.dump_stats(os.path.join(profile_dir, f"maskd-{os.getpid()}.prof"))
         return trio.run(_serve, cfg, identity)
     finally:
         lock.release()
@@ -168,7 +203,12 @@ async def _serve(cfg, identity) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            log.info("maskd %s up: peer %s, account %s", node.node_info()["version"], identity.peer_id, identity.account)
+            log.info(
+                "maskd %s up: peer %s, account %s",
+                node.node_info()["version"],
+                identity.peer_id,
+                identity.account,
+            )
             async for signum in signals:
                 log.info("%s: shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

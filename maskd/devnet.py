@@ -87,11 +87,21 @@ class DevNode:
             return self.proc.poll() is None
         if self.pid is None:
             return False
+        try:  # reap it if it is our child (else it lingers as a zombie)
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                return False
+        except ChildProcessError:
+            pass
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
-        return True
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
 
     def stderr_tail(self, n: int = 20) -> str:
         try:
@@ -186,13 +196,21 @@ def start_devnet(
     config = config or devnet_config_path()
     nodes: list[DevNode] = []
     try:
-        first = DevNode(root / "node0", config=config, extra_args=list(extra_args or []), env=env or {})
+        first = DevNode(
+            root / "node0", config=config, extra_args=list(extra_args or []), env=env or {}
+        )
         first.start().wait_ready(timeout)
         nodes.append(first)
         progress(f"node0 up: {first.peer_id}")
         boot = [first.addrs[0]]
         rest = [
-            DevNode(root / f"node{i}", config=config, bootstrap=boot, extra_args=list(extra_args or []), env=env or {})
+            DevNode(
+                root / f"node{i}",
+                config=config,
+                bootstrap=boot,
+                extra_args=list(extra_args or []),
+                env=env or {},
+            )
             for i in range(1, n)
         ]
         for node in rest:
@@ -248,7 +266,9 @@ def read_state(root: Path) -> list[DevNode]:
     try:
         state = json.loads((root / "devnet.json").read_text())
     except FileNotFoundError:
-        raise DevnetError(f"no devnet in {root}", hint="start one with `mask devnet up --dir DIR`") from None
+        raise DevnetError(
+            f"no devnet in {root}", hint="start one with `mask devnet up --dir DIR`"
+        ) from None
     except ValueError as exc:
         raise DevnetError(f"{root}/devnet.json is corrupt: {exc}") from None
     return [
@@ -258,15 +278,22 @@ def read_state(root: Path) -> list[DevNode]:
 
 
 def stop_devnet(root: Path, timeout: float = 10.0) -> list[tuple[DevNode, bool]]:
-    """Stop every node recorded in ``root`` by pid; returns (node, was_running)."""
-    out = []
-    for node in read_state(root):
-        was = node.alive() and _is_maskd(node.pid)
+    """Stop every node recorded in ``root`` by pid; returns (node, was_running).
+
+    All nodes get SIGTERM at once, then each is waited for (SIGKILL after
+    ``timeout``), so a devnet stops in about one node's shutdown time.
+    """
+    nodes = read_state(root)
+    running = [node.alive() and _is_maskd(node.pid) for node in nodes]
+    for node, was in zip(nodes, running, strict=True):
+        if was:
+            node.signal(signal.SIGCONT)
+            node.signal(signal.SIGTERM)
+    for node, was in zip(nodes, running, strict=True):
         if was:
             node.stop(timeout)
-        out.append((node, was))
     (root / "devnet.json").unlink(missing_ok=True)
-    return out
+    return list(zip(nodes, running, strict=True))
 
 
 def _is_maskd(pid: int | None) -> bool:

@@ -71,10 +71,14 @@ def load_or_create(data_dir: Path, *, passphrase: str, scrypt_n: int, now: int) 
     seed = _load_or_create_peer_key(data_dir / PEER_KEY_FILE)
     account_key = _load_or_create_account(data_dir / ACCOUNT_FILE, passphrase, scrypt_n)
     peer_key = Ed25519PrivateKey.from_private_bytes(seed)
-    pub = peer_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    pub = peer_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     peer_id = peer_id_from_ed25519(pub)
     xpriv = x25519_from_seed(seed)
-    xpub = xpriv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    xpub = xpriv.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     record = make_identity_record(account_key, peer_id, xpub, now)
     return NodeIdentity(
         peer_seed=seed,
@@ -124,7 +128,9 @@ def _load_or_create_peer_key(path: Path) -> bytes:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise IdentityError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from None
+            raise IdentityError(
+                f"cannot read {path}: {exc.strerror}", hint="check its permissions"
+            ) from None
         if len(raw) == 68 and raw.startswith(_PB_PREFIX):
             seed, pub = raw[4:36], raw[36:]
             key = Ed25519PrivateKey.from_private_bytes(seed)
@@ -149,7 +155,9 @@ def _load_or_create_account(path: Path, passphrase: str, scrypt_n: int) -> bytes
         try:
             keyfile = json.loads(path.read_text())
         except OSError as exc:
-            raise IdentityError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from None
+            raise IdentityError(
+                f"cannot read {path}: {exc.strerror}", hint="check its permissions"
+            ) from None
         except ValueError as exc:
             raise _corrupt(path, f"not JSON ({exc})") from None
         if not isinstance(keyfile, dict) or keyfile.get("version") != 3 or "crypto" not in keyfile:

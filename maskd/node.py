@@ -77,7 +77,9 @@ class Node:
         self.started_at = clock()
         self.events = EventBus()
         self.book = OfferBook()
-        self.validator = GossipValidator(ValidationLimits(max_message_bytes=config.p2p.max_message_bytes))
+        self.validator = GossipValidator(
+            ValidationLimits(max_message_bytes=config.p2p.max_message_bytes)
+        )
         self.mesh = Mesh(
             MeshSettings.from_config(config.p2p),
             identity.peer_seed,
@@ -166,7 +168,9 @@ class Node:
 
     # --------------------------------------------------------- mesh events
     def _peer_connected(self, peer_id: str) -> None:
-        self.events.publish({"type": "peer.joined", "peer_id": peer_id, "peer": self._peer_json(peer_id)})
+        self.events.publish(
+            {"type": "peer.joined", "peer_id": peer_id, "peer": self._peer_json(peer_id)}
+        )
 
     def _peer_disconnected(self, peer_id: str) -> None:
         self.events.publish({"type": "peer.left", "peer_id": peer_id})
@@ -359,7 +363,11 @@ class Node:
         async def offers(params: dict) -> list:
             return [offer_json(o) for o in self.book.offers()]
 
-        return {"v1.node.info": info, "v1.peers.list": peers, "v1.offers.list": offers}
+        return {
+            "v1.node.info": info,
+            "v1.peers.list": peers,
+            "v1.offers.list": offers,
+        }
 
     def rpc_streams(self):
         async def watch(params: dict, send) -> None:

@@ -38,7 +38,6 @@ from libp2p.host.ping import PingService
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub import rpc_queue as _rpc_queue
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -47,6 +46,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2p import patches
 from p2p.scoring import Ban, PeerScores
 from p2p.validation import GossipValidator, Outcome, Reason, Verdict
 
@@ -66,6 +66,7 @@ class MeshSettings:
     dht: bool = True
     max_peers: int = 64
     redial_interval_s: float = 5.0
+    discovery_interval_s: float = 30.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
     heartbeat_interval_s: float = 1.0
@@ -241,12 +242,7 @@ class Mesh:
             logging.getLogger("libp2p").setLevel(logging.CRITICAL)
         host = make_host(self._key_pair, mdns=s.mdns, dial_timeout=max(2.0, s.ping_timeout_s))
         self.host = host
-        # py-libp2p hard-wires a 32-RPC outbound queue per peer through a default
-        # argument; widen it (bounded still) before any peer connects.
-        _rpc_queue.RpcQueue.__init__.__defaults__ = (
-            s.outbound_queue,
-            _rpc_queue.RpcQueue.__init__.__defaults__[-1],
-        )
+        patches.apply(outbound_queue=s.outbound_queue)
         router = GossipSub(
             protocols=[MESHSUB_11, MESHSUB_10],
             degree=s.degree,
@@ -558,15 +554,21 @@ class Mesh:
         return False
 
     async def _discovery_loop(self) -> None:
-        """Learn peers through the DHT and connect to them, up to max_peers."""
+        """Learn peers through the DHT and connect to them, up to max_peers.
+
+        A lookup opens a stream to every peer it asks, so it is not free:
+        the interval doubles (to 8x) while lookups find nobody new, and
+        drops back when they do.
+        """
         s = self.settings
-        interval = max(1.0, s.redial_interval_s * 2)
+        base = s.discovery_interval_s
+        interval = base
         while True:
             await trio.sleep(interval * (0.8 + 0.4 * self.rng.random()))
             if len(self._peers) >= s.max_peers:
                 continue
             try:
-                with trio.move_on_after(max(5.0, interval * 2)):
+                with trio.move_on_after(max(5.0, base)):
                     await self.dht.peer_routing.find_closest_peers_network(self.peer_id.to_bytes())
             except Exception as exc:
                 log.debug("dht lookup failed: %s", exc)
@@ -576,6 +578,7 @@ class Mesh:
                 for p in self.dht.routing_table.get_peer_ids()
                 if p.to_base58() not in self._peers and p != self.peer_id
             ]
+            interval = base if candidates else min(base * 8, interval * 2)
             self.rng.shuffle(candidates)
             room = max(0, s.max_peers - len(self._peers))
             async with trio.open_nursery() as nursery:

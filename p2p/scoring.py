@@ -21,6 +21,8 @@ PENALTIES = {
     "bad_field": 25.0,
     "wrong_topic": 25.0,
     "garbage_frame": 100.0,
+    "block_hash_mismatch": 50.0,  # /mask/blocks/1: sent data that is not the CID asked for
+    "block_protocol": 25.0,  # /mask/blocks/1: broke the framing or the request/answer rules
     "validator_error": 0.0,
 }
 

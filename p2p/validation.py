@@ -108,7 +108,10 @@ class GossipValidator:
             return Outcome(Verdict.IGNORE, Reason.EXPIRED)
         if issued > now + lim.max_clock_skew_s:
             return Outcome(Verdict.REJECT, Reason.FROM_FUTURE)
-        if body.expires_at - max(issued, now - lim.max_clock_skew_s) > lim.max_ttl_s + lim.max_clock_skew_s:
+        if (
+            body.expires_at - max(issued, now - lim.max_clock_skew_s)
+            > lim.max_ttl_s + lim.max_clock_skew_s
+        ):
             return Outcome(Verdict.REJECT, Reason.TTL_TOO_LONG)
         last = self._highest_seq.get(body.peer_id)
         if last is not None and body.seq <= last:

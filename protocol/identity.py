@@ -57,7 +57,9 @@ def sign_gossip(body: bytes, key: Ed25519PrivateKey) -> SignedGossip:
 
 def verify_gossip(envelope: SignedGossip, peer_id: str) -> bool:
     try:
-        ed25519_from_peer_id(peer_id).verify(envelope.signature, GOSSIP_SIGNING_PREFIX + envelope.body)
+        ed25519_from_peer_id(peer_id).verify(
+            envelope.signature, GOSSIP_SIGNING_PREFIX + envelope.body
+        )
     except (InvalidSignature, BadPeerId):
         return False
     return True
@@ -74,7 +76,11 @@ def make_identity_record(
     msg = encode_defunct(text=identity_message(peer_id, acct.address, x25519, issued_at))
     sig = acct.sign_message(msg).signature
     return IdentityRecord(
-        peer_id=peer_id, account=acct.address, x25519=x25519, issued_at=issued_at, signature=bytes(sig)
+        peer_id=peer_id,
+        account=acct.address,
+        x25519=x25519,
+        issued_at=issued_at,
+        signature=bytes(sig),
     )
 
 

@@ -56,7 +56,11 @@ class OfferBook:
 
     def withdraw(self, withdrawal: OfferWithdrawal) -> list[OfferEvent]:
         current = self._by_peer.get(withdrawal.peer_id)
-        if current is None or current.offer_id != withdrawal.offer_id or current.seq > withdrawal.seq:
+        if (
+            current is None
+            or current.offer_id != withdrawal.offer_id
+            or current.seq > withdrawal.seq
+        ):
             return []
         del self._by_peer[withdrawal.peer_id]
         return [OfferRemoved(current, "withdrawn")]

@@ -77,7 +77,9 @@ def measure(
     """Measure free capacity; a non-zero configured figure caps the measured one."""
     import psutil
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     mem = psutil.virtual_memory().available // (1 << 20)
     disk = shutil.disk_usage(data_dir).free // (1 << 20)
     found: tuple[GpuInfo, ...] = ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -16,7 +17,9 @@ class Cluster:
         self.root = root
         self.nodes: list[DevNode] = []
 
-    def devnet(self, n: int, *, env: dict[str, str] | None = None, timeout: float = 60) -> list[DevNode]:
+    def devnet(
+        self, n: int, *, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> list[DevNode]:
         nodes = start_devnet(n, self.root / f"net{len(self.nodes)}", env=env, timeout=timeout)
         self.nodes.extend(nodes)
         return nodes
@@ -35,6 +38,9 @@ class Cluster:
         return node
 
     def close(self) -> None:
+        for node in self.nodes:  # all at once, then wait for each
+            node.signal(signal.SIGCONT)
+            node.signal(signal.SIGTERM)
         for node in self.nodes:
             try:
                 node.stop(timeout=5)

@@ -9,7 +9,18 @@ import sys
 
 from maskd.devnet import wait_until
 
-OFFER_KEYS = {"offer_id", "peer_id", "account", "cpu", "memory_mb", "disk_mb", "gpus", "executors", "prices", "expires_at"}
+OFFER_KEYS = {
+    "offer_id",
+    "peer_id",
+    "account",
+    "cpu",
+    "memory_mb",
+    "disk_mb",
+    "gpus",
+    "executors",
+    "prices",
+    "expires_at",
+}
 TTL = 6.0  # configs/devnet/node.toml
 
 
@@ -45,9 +56,15 @@ def test_a_sigstopped_node_is_dropped_by_liveness(cluster):
     c.signal(signal.SIGSTOP)
     try:
         # ping every 1 s with a 2 s timeout in the devnet config
-        wait_until(lambda: c.peer_id not in peers_of(a) | peers_of(b), 15, "the hung node to be dropped")
+        wait_until(
+            lambda: c.peer_id not in peers_of(a) | peers_of(b), 15, "the hung node to be dropped"
+        )
         assert c.peer_id not in offer_peers(a)
-        assert a.call("v1.node.info")["mesh"]["hung_disconnects"] + b.call("v1.node.info")["mesh"]["hung_disconnects"] >= 1
+        assert (
+            a.call("v1.node.info")["mesh"]["hung_disconnects"]
+            + b.call("v1.node.info")["mesh"]["hung_disconnects"]
+            >= 1
+        )
     finally:
         c.signal(signal.SIGCONT)
 
@@ -90,8 +107,18 @@ def test_sigterm_withdraws_the_offer_removes_the_socket_and_exits_0(cluster):
 def test_one_daemon_per_data_dir_and_a_stale_socket_is_replaced(cluster):
     a = cluster.node("a")
     second = subprocess.run(
-        [sys.executable, "-m", "maskd.daemon", "--data-dir", str(a.data_dir), "--listen", "/ip4/127.0.0.1/tcp/0"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "maskd.daemon",
+            "--data-dir",
+            str(a.data_dir),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert second.returncode == 1
     assert "already running" in second.stderr and "hint:" in second.stderr
@@ -107,11 +134,26 @@ def test_one_daemon_per_data_dir_and_a_stale_socket_is_replaced(cluster):
 def test_a_bad_config_exits_2_with_the_key_and_a_hint(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[p2p]\nping_timeout_s = 'never'\n")
-    r = subprocess.run([sys.executable, "-m", "maskd.daemon", "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "maskd.daemon", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "p2p.ping_timeout_s" in r.stderr and "hint:" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(
-        [sys.executable, "-m", "maskd.daemon", "--data-dir", str(tmp_path / "d"), "--listen", "/ip4/127.0.0.1/tcp/99999"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "maskd.daemon",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/99999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert r.returncode == 2 and "p2p.listen[0]" in r.stderr

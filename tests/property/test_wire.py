@@ -24,9 +24,14 @@ offers = st.builds(
     cpu=u32,
     memory_mb=u32,
     disk_mb=u32,
-    gpus=st.lists(st.builds(Gpu, name=st.text(max_size=10), memory_mb=u32, uuid=st.text(max_size=10)), max_size=3).map(tuple),
+    gpus=st.lists(
+        st.builds(Gpu, name=st.text(max_size=10), memory_mb=u32, uuid=st.text(max_size=10)),
+        max_size=3,
+    ).map(tuple),
     executors=st.lists(st.sampled_from(["wasm", "native", "zk-groth16"]), max_size=3).map(tuple),
-    prices=st.builds(Prices, cpu_core_hour=digits, memory_gb_hour=digits, gpu_hour=digits, storage_gb_hour=digits),
+    prices=st.builds(
+        Prices, cpu_core_hour=digits, memory_gb_hour=digits, gpu_hour=digits, storage_gb_hour=digits
+    ),
     storage_mb=u32,
     addrs=st.lists(st.text(max_size=30), max_size=3).map(tuple),
     issued_at=st.floats(allow_nan=False, allow_infinity=False),
@@ -62,7 +67,9 @@ def _golden():
     return {
         "offer_v1.msgpack": encode(offer),
         "offer_withdrawal_v1.msgpack": encode(
-            OfferWithdrawal(offer_id=offer.offer_id, peer_id=A.peer_id, seq=8, issued_at=1.0, expires_at=2.0)
+            OfferWithdrawal(
+                offer_id=offer.offer_id, peer_id=A.peer_id, seq=8, issued_at=1.0, expires_at=2.0
+            )
         ),
         "signed_offer_v1.msgpack": A.sign(offer),
     }

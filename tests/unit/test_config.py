@@ -29,10 +29,15 @@ def test_default_toml_documents_exactly_the_built_in_defaults():
 
 
 def _lists(d):
-    return {k: _lists(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    return {
+        k: _lists(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v
+        for k, v in d.items()
+    }
 
 
-@pytest.mark.parametrize("name", ["default.toml", "provider.toml", "requester.toml", "devnet/node.toml"])
+@pytest.mark.parametrize(
+    "name", ["default.toml", "provider.toml", "requester.toml", "devnet/node.toml"]
+)
 def test_shipped_configs_are_valid(name):
     load_config(ROOT / "configs" / name, env={})
 
@@ -40,16 +45,24 @@ def test_shipped_configs_are_valid(name):
 def test_precedence_defaults_file_env_flags(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[p2p]\nping_timeout_s = 2.0\ndegree = 5\n[node]\nrole = "provider"\n')
-    cfg = load_config(f, env={"MASK_P2P_PING_TIMEOUT_S": "3", "MASK_NODE_ROLE": "requester"},
-                      overrides={"node": {"role": "both"}})
+    cfg = load_config(
+        f,
+        env={"MASK_P2P_PING_TIMEOUT_S": "3", "MASK_NODE_ROLE": "requester"},
+        overrides={"node": {"role": "both"}},
+    )
     assert cfg.p2p.degree == 5  # file over default
     assert cfg.p2p.ping_timeout_s == 3.0  # env over file
     assert cfg.node.role == "both"  # flag over env
 
 
 def test_env_lists_booleans_and_data_dir_alias():
-    cfg = load_config(env={"MASK_P2P_LISTEN": "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2",
-                           "MASK_P2P_MDNS": "yes", "MASK_DATA_DIR": "/tmp/x"})
+    cfg = load_config(
+        env={
+            "MASK_P2P_LISTEN": "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2",
+            "MASK_P2P_MDNS": "yes",
+            "MASK_DATA_DIR": "/tmp/x",
+        }
+    )
     assert cfg.p2p.listen == ("/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2")
     assert cfg.p2p.mdns is True
     assert cfg.data_path == Path("/tmp/x") and cfg.socket_path == Path("/tmp/x/maskd.sock")

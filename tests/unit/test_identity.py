@@ -35,12 +35,15 @@ def test_wrong_passphrase_is_a_clear_error(tmp_path):
     assert exc.value.code == "wrong_passphrase" and "MASK_PASSPHRASE" in exc.value.hint
 
 
-@pytest.mark.parametrize("name, content", [
-    (PEER_KEY_FILE, b"short"),
-    (PEER_KEY_FILE, bytes([8, 1, 18, 64]) + b"\x01" * 64),  # halves do not match
-    (ACCOUNT_FILE, b"{not json"),
-    (ACCOUNT_FILE, b'{"version": 1}'),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        (PEER_KEY_FILE, b"short"),
+        (PEER_KEY_FILE, bytes([8, 1, 18, 64]) + b"\x01" * 64),  # halves do not match
+        (ACCOUNT_FILE, b"{not json"),
+        (ACCOUNT_FILE, b'{"version": 1}'),
+    ],
+)
 def test_corrupt_key_files_are_errors_and_never_replaced(tmp_path, name, content):
     load_or_create(tmp_path, passphrase="", scrypt_n=N, now=1)
     (tmp_path / name).write_bytes(content)

@@ -47,7 +47,11 @@ def test_book_expiry_withdrawal_and_departure():
     assert book.next_expiry() == T0 + 10
     assert book.expire(T0 + 5) == []
     (gone,) = book.expire(T0 + 10)
-    assert isinstance(gone, OfferRemoved) and gone.reason == "expired" and gone.offer.peer_id == A.peer_id
+    assert (
+        isinstance(gone, OfferRemoved)
+        and gone.reason == "expired"
+        and gone.offer.peer_id == A.peer_id
+    )
     offer_b = book.get(B.peer_id)
     assert book.withdraw(B.withdrawal(offer_b, seq=0, now=T0)) == []  # older than the offer
     (w,) = book.withdraw(B.withdrawal(offer_b, seq=2, now=T0))

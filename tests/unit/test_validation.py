@@ -1,6 +1,5 @@
 """One verdict test per reason in the gossip validation pipeline."""
 
-
 import msgspec
 import pytest
 
@@ -14,7 +13,9 @@ NOW = 1_700_000_000.0
 A, B = Peer(1), Peer(2)
 
 
-def check(data: bytes, *, source: str = A.peer_id, validator: GossipValidator | None = None, now=NOW):
+def check(
+    data: bytes, *, source: str = A.peer_id, validator: GossipValidator | None = None, now=NOW
+):
     v = validator or GossipValidator()
     return v, v.validate(data, source=source, topic_kind="offers", now=now)
 
@@ -34,7 +35,9 @@ def test_too_large_is_rejected_before_decoding():
     assert v.drops["too_large"] == 1
 
 
-@pytest.mark.parametrize("data", [b"", b"garbage", b"\x92\xc4\x01a", encode(SignedGossip(b"\x01", b"x"))])
+@pytest.mark.parametrize(
+    "data", [b"", b"garbage", b"\x92\xc4\x01a", encode(SignedGossip(b"\x01", b"x"))]
+)
 def test_undecodable(data):
     _, out = check(data)
     assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.UNDECODABLE)
@@ -91,7 +94,11 @@ def test_identity_record_for_another_peer_is_rejected():
 def test_identity_record_with_a_forged_signature_is_rejected():
     rec = A.record
     bad = IdentityRecord(
-        peer_id=rec.peer_id, account=B.record.account, x25519=rec.x25519, issued_at=rec.issued_at, signature=rec.signature
+        peer_id=rec.peer_id,
+        account=B.record.account,
+        x25519=rec.x25519,
+        issued_at=rec.issued_at,
+        signature=rec.signature,
     )
     _, out = check(A.sign(A.offer(identity=bad)))
     assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.BAD_IDENTITY)

@@ -1,0 +1,233 @@
+"""How daemon data looks to people: short ids, sizes, prices, durations, tables.
+
+One place for these so ``mask`` and ``mask top`` agree. The formatters are
+pure (``now`` is passed in) and tolerate missing or odd values, because the
+daemon may be newer or older than the client: a missing field prints "—"
+rather than crashing a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+__all__ = [
+    "DASH",
+    "TOKEN_DECIMALS",
+    "short_id",
+    "format_mb",
+    "format_duration",
+    "format_expires_in",
+    "format_latency",
+    "format_score",
+    "format_price",
+    "gpus_summary",
+    "offer_summary",
+    "first_addr",
+    "node_table",
+    "peers_table",
+    "offers_table",
+]
+
+DASH = "—"
+# MASK is an 18-decimal token; prices travel as base units in decimal strings.
+TOKEN_DECIMALS = 18
+
+
+def short_id(value: Any, head: int = 8, tail: int = 4) -> str:
+    """``12D3KooWAbCd…wXyZ``: enough to tell peers apart at a glance."""
+    if not value:
+        return DASH
+    text = str(value)
+    if len(text) <= head + tail + 1:
+        return text
+    return f"{text[:head]}…{text[-tail:]}"
+
+
+def format_mb(mb: Any) -> str:
+    """Mebibytes for people: ``512 MiB``, ``8 GiB``, ``1.5 TiB``."""
+    if not isinstance(mb, int | float) or isinstance(mb, bool):
+        return DASH
+    for unit, size in (("TiB", 1024 * 1024), ("GiB", 1024)):
+        if mb >= size:
+            return f"{mb / size:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{mb:g} MiB"
+
+
+def format_duration(seconds: Any) -> str:
+    """Two most significant units: ``3d 4h``, ``2h 5m``, ``5m 3s``, ``42s``."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return DASH
+    total = int(max(seconds, 0))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{value}{unit}" for value, unit in parts[:2])
+
+
+def format_expires_in(expires_at: Any, now: float) -> str:
+    if not isinstance(expires_at, int | float) or isinstance(expires_at, bool):
+        return DASH
+    if expires_at <= now:
+        return "expired"
+    return format_duration(expires_at - now)
+
+
+def format_latency(ms: Any) -> str:
+    if not isinstance(ms, int | float) or isinstance(ms, bool):
+        return DASH
+    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def format_score(score: Any) -> str:
+    if not isinstance(score, int | float) or isinstance(score, bool):
+        return DASH
+    return f"{score:.2f}"
+
+
+def format_price(base_units: Any) -> str:
+    """Base units (decimal string) to whole MASK: ``"2500000000000000"`` → ``0.0025``."""
+    try:
+        value = Decimal(str(base_units)) / (Decimal(10) ** TOKEN_DECIMALS)
+    except (InvalidOperation, ValueError):
+        return DASH
+    if not value.is_finite():
+        return DASH
+    text = format(value.normalize(), "f")
+    return text
+
+
+def gpus_summary(gpus: Any) -> str:
+    """``2× A100 (80 GiB)``; mixed cards are listed one by one."""
+    if not isinstance(gpus, Sequence) or isinstance(gpus, str) or not gpus:
+        return DASH
+    counts: dict[str, int] = {}
+    for gpu in gpus:
+        if isinstance(gpu, Mapping):
+            label = f"{gpu.get('name') or 'gpu'} ({format_mb(gpu.get('memory_mb'))})"
+        else:
+            label = str(gpu)
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{n}× {label}" if n > 1 else label for label, n in counts.items())
+
+
+def offer_summary(offer: Any) -> str:
+    """``4 cpu · 8 GiB · 0 gpu``: what a peer sells, in one cell."""
+    if not isinstance(offer, Mapping):
+        return DASH
+    gpus = offer.get("gpus")
+    gpu_count = len(gpus) if isinstance(gpus, Sequence) and not isinstance(gpus, str) else 0
+    cpu = offer.get("cpu", DASH)
+    return f"{cpu} cpu · {format_mb(offer.get('memory_mb'))} · {gpu_count} gpu"
+
+
+def first_addr(addrs: Any) -> str:
+    """The first address, with ``+N`` when there are more."""
+    if not isinstance(addrs, Sequence) or isinstance(addrs, str) or not addrs:
+        return DASH
+    more = f" +{len(addrs) - 1}" if len(addrs) > 1 else ""
+    return f"{addrs[0]}{more}"
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "":
+        return DASH
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or DASH
+    if isinstance(value, list | tuple):
+        return "\n".join(str(v) for v in value) or DASH
+    return str(value)
+
+
+# --- tables (rich) ---------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+_NODE_FIELDS = (
+    ("peer_id", "peer id"),
+    ("account", "account"),
+    ("role", "role"),
+    ("version", "version"),
+    ("peers", "peers"),
+    ("offers", "offers"),
+    ("uptime_s", "uptime"),
+    ("addrs", "addresses"),
+    ("drops", "drops"),
+    ("data_dir", "data dir"),
+)
+
+
+def node_table(info: Mapping[str, Any]) -> Table:
+    """``mask status``: one row per field; unknown fields are shown too."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, label in _NODE_FIELDS:
+        value = info.get(key)
+        if key == "uptime_s":
+            table.add_row(label, format_duration(value))
+        elif key == "drops" and isinstance(value, Mapping):
+            drops = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
+            table.add_row(label, "\n".join(f"{n} {reason}" for reason, n in drops) or "none")
+        else:
+            table.add_row(label, _text(value))
+    known = {key for key, _ in _NODE_FIELDS}
+    for key in sorted(k for k in info if k not in known):
+        table.add_row(key.replace("_", " "), _text(info[key]))
+    return table
+
+
+def peers_table(peers: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(title=_count(len(peers), "peer"), title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("peer", overflow="fold")
+    table.add_column("address", overflow="fold")
+    table.add_column("latency", justify="right", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("offers", no_wrap=True)
+    for peer in peers:
+        table.add_row(
+            str(peer.get("peer_id") or DASH),
+            first_addr(peer.get("addrs")),
+            format_latency(peer.get("latency_ms")),
+            format_score(peer.get("score")),
+            offer_summary(peer.get("offer")),
+        )
+    return table
+
+
+def offers_table(offers: Sequence[Mapping[str, Any]], now: float) -> Table:
+    table = Table(title=_count(len(offers), "offer"), title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("offer", no_wrap=True)
+    table.add_column("peer", no_wrap=True)
+    table.add_column("cpu", justify="right")
+    table.add_column("mem", justify="right", no_wrap=True)
+    table.add_column("disk", justify="right", no_wrap=True)
+    table.add_column("gpus")
+    table.add_column("executors")
+    table.add_column("MASK/cpu-h", justify="right")
+    table.add_column("expires", justify="right", no_wrap=True)
+    for offer in offers:
+        prices = offer.get("prices") if isinstance(offer.get("prices"), Mapping) else {}
+        executors = offer.get("executors")
+        table.add_row(
+            short_id(offer.get("offer_id"), 6, 4),
+            short_id(offer.get("peer_id")),
+            _text(offer.get("cpu")),
+            format_mb(offer.get("memory_mb")),
+            format_mb(offer.get("disk_mb")),
+            gpus_summary(offer.get("gpus")),
+            ", ".join(map(str, executors)) if isinstance(executors, list) and executors else DASH,
+            format_price(prices.get("cpu_core_hour")),
+            format_expires_in(offer.get("expires_at"), now),
+        )
+    return table

@@ -1,0 +1,126 @@
+"""A fake daemon for ``mask top`` tests (public, like httpcore's mock backends).
+
+``FakeTopClient`` holds node info, peers and offers, and plays both roles the
+app needs: its ``connect`` is the client factory and the object it returns is
+the client. Tests change state and push events (``add_offer``,
+``remove_peer``, ``push_event``) and take the daemon away and back
+(``disconnect``, ``reconnect``); the app cannot tell it from a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from protocol.errors import DaemonUnavailable
+
+__all__ = ["FakeTopClient"]
+
+_GONE = object()
+
+
+class FakeTopClient:
+    """Scripted daemon state and events; pass ``fake.connect`` to ``TopApp``."""
+
+    def __init__(
+        self,
+        info: dict[str, Any] | None = None,
+        peers: Iterable[dict[str, Any]] = (),
+        offers: Iterable[dict[str, Any]] = (),
+        *,
+        socket_path: str = "/fake/maskd.sock",
+    ) -> None:
+        self.socket_path = socket_path
+        self.info: dict[str, Any] = dict(info or {"peer_id": "12D3KooWFakeNode", "peers": 0})
+        self.peer_state: dict[str, dict[str, Any]] = {p["peer_id"]: dict(p) for p in peers}
+        self.offer_state: dict[str, dict[str, Any]] = {o["offer_id"]: dict(o) for o in offers}
+        self.up = True
+        self.connects = 0  # successful connects
+        self._watchers: list[asyncio.Queue[Any]] = []
+
+    # -- the client factory and the client --
+
+    async def connect(self) -> FakeTopClient:
+        self._check_up()
+        self.connects += 1
+        return self
+
+    async def node_info(self) -> dict[str, Any]:
+        self._check_up()
+        return {**self.info, "peers": len(self.peer_state), "offers": len(self.offer_state)}
+
+    async def peers(self) -> list[dict[str, Any]]:
+        self._check_up()
+        return [dict(p) for p in self.peer_state.values()]
+
+    async def offers(self) -> list[dict[str, Any]]:
+        self._check_up()
+        return [dict(o) for o in self.offer_state.values()]
+
+    def watch(self) -> AsyncIterator[dict[str, Any]]:
+        """Subscribes at once (not at first iteration), like a real subscription."""
+        self._check_up()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._watchers.append(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            while True:
+                item = await queue.get()
+                if item is _GONE:
+                    raise self._unavailable()
+                yield item
+        finally:
+            if queue in self._watchers:
+                self._watchers.remove(queue)
+
+    async def close(self) -> None:
+        return None
+
+    # -- driving it from a test --
+
+    @property
+    def watching(self) -> int:
+        """How many watch streams are open now."""
+        return len(self._watchers)
+
+    def push_event(self, event: dict[str, Any]) -> None:
+        """Deliver one event (the ``params`` of a v1.event) to every watcher."""
+        for queue in self._watchers:
+            queue.put_nowait(dict(event))
+
+    def add_peer(self, peer: dict[str, Any]) -> None:
+        self.peer_state[peer["peer_id"]] = dict(peer)
+        self.push_event({"type": "peer.joined", "peer_id": peer["peer_id"], "peer": peer})
+
+    def remove_peer(self, peer_id: str) -> None:
+        peer = self.peer_state.pop(peer_id, {"peer_id": peer_id})
+        self.push_event({"type": "peer.left", "peer_id": peer_id, "peer": peer})
+
+    def add_offer(self, offer: dict[str, Any]) -> None:
+        kind = "offer.updated" if offer["offer_id"] in self.offer_state else "offer.added"
+        self.offer_state[offer["offer_id"]] = dict(offer)
+        self.push_event({"type": kind, "peer_id": offer.get("peer_id"), "offer": offer})
+
+    def remove_offer(self, offer_id: str, *, kind: str = "offer.withdrawn") -> None:
+        offer = self.offer_state.pop(offer_id, {"offer_id": offer_id})
+        self.push_event({"type": kind, "peer_id": offer.get("peer_id"), "offer": offer})
+
+    def disconnect(self) -> None:
+        """The daemon dies: open watches fail, calls and connects are refused."""
+        self.up = False
+        for queue in self._watchers:
+            queue.put_nowait(_GONE)
+
+    def reconnect(self) -> None:
+        """The daemon is back; the app's next retry succeeds."""
+        self.up = True
+
+    def _check_up(self) -> None:
+        if not self.up:
+            raise self._unavailable()
+
+    def _unavailable(self) -> DaemonUnavailable:
+        return DaemonUnavailable(f"no maskd daemon at {self.socket_path}")
