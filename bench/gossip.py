@@ -69,8 +69,12 @@ def run(n: int, seconds: float, rate: float) -> dict:
         "MASK_OFFERS_TTL_S": str(max(6.0, interval * 4)),
         # no capacity-driven republishes: only the timer, so the rate is known
         "MASK_OFFERS_CAPACITY_CHECK_INTERVAL_S": "3600",
+        # the production timers (configs/default.toml), not the devnet's fast ones
         "MASK_P2P_PING_INTERVAL_S": "5",
         "MASK_P2P_PING_TIMEOUT_S": "5",
+        "MASK_P2P_HEARTBEAT_INTERVAL_S": "1",
+        "MASK_P2P_DISCOVERY_INTERVAL_S": "30",
+        "MASK_P2P_REDIAL_INTERVAL_S": "5",
     }
     t0 = time.monotonic()
     nodes = start_devnet(n, root, env=env, timeout=180)

@@ -54,6 +54,7 @@ class P2PConfig(_Section):
     discovery_interval_s: float = 30.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
+    ping_failures: int = 3
     heartbeat_interval_s: float = 1.0
     degree: int = 6
     degree_low: int = 4
@@ -300,6 +301,7 @@ def _check_meaning(cfg: Config) -> None:
             raise bad(key, f"must be greater than 0, got {value}", "use a positive number")
     ints = {
         "p2p.max_peers": (cfg.p2p.max_peers, 1, 10000),
+        "p2p.ping_failures": (cfg.p2p.ping_failures, 1, 100),
         "p2p.degree": (cfg.p2p.degree, 1, 64),
         "p2p.degree_low": (cfg.p2p.degree_low, 1, 64),
         "p2p.degree_high": (cfg.p2p.degree_high, 1, 128),

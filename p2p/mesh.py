@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import multiaddr
 import trio
@@ -34,7 +35,9 @@ from libp2p.abc import INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.host.ping import PingService
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import PING_LENGTH
+from libp2p.io.utils import read_exactly
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -69,6 +72,7 @@ class MeshSettings:
     discovery_interval_s: float = 30.0
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
+    ping_failures: int = 3
     heartbeat_interval_s: float = 1.0
     degree: int = 6
     degree_low: int = 4
@@ -110,6 +114,7 @@ class _PeerState:
     connected_since: float
     latency_ms: float | None = None
     failed_pings: int = 0
+    ping_stream: Any = None
 
 
 @dataclass
@@ -485,34 +490,65 @@ class Mesh:
 
     # ---------------------------------------------------------- liveness
     async def _liveness_loop(self) -> None:
-        ping = PingService(self.host)
         s = self.settings
         while True:
             await trio.sleep(s.ping_interval_s * (0.8 + 0.4 * self.rng.random()))
             async with trio.open_nursery() as nursery:
                 for peer_id in list(self._peers):
-                    nursery.start_soon(self._ping_one, ping, peer_id)
+                    nursery.start_soon(self._ping_one, peer_id)
 
-    async def _ping_one(self, ping: PingService, peer_id: str) -> None:
+    async def _ping_one(self, peer_id: str) -> None:
+        """One round trip of the standard ping protocol on a long-lived stream.
+
+        Not py-libp2p's PingService: it opens a new stream per ping under one
+        lock shared by all peers, so on a busy machine pings queue behind each
+        other and healthy peers time out. A kept stream costs one write and
+        one read per ping.
+        """
         state = self._peers.get(peer_id)
         if state is None:
             return
         rtt = None
         with trio.move_on_after(self.settings.ping_timeout_s):
-            try:
-                started = time.perf_counter()
-                # the library reports whole milliseconds (0 on loopback): time it here
-                await ping.ping(ID.from_base58(peer_id), 1)
-                rtt = (time.perf_counter() - started) * 1000.0
-            except Exception as exc:
-                log.debug("ping %s failed: %s", peer_id, exc)
+            for _attempt in range(2):  # the peer may have closed an idle stream
+                try:
+                    if state.ping_stream is None:
+                        state.ping_stream = await self.host.new_stream(
+                            ID.from_base58(peer_id), [PING_PROTOCOL]
+                        )
+                    payload = self.rng.randbytes(PING_LENGTH)
+                    started = time.perf_counter()
+                    await state.ping_stream.write(payload)
+                    if await read_exactly(state.ping_stream, PING_LENGTH) != payload:
+                        raise ValueError("ping answered with other bytes")
+                    rtt = (time.perf_counter() - started) * 1000.0
+                    break
+                except Exception as exc:
+                    log.debug("ping %s failed: %s", peer_id, exc)
+                    await self._drop_ping_stream(state)
         if rtt is not None:
             state.latency_ms = round(rtt, 3)
             state.failed_pings = 0
             return
+        await self._drop_ping_stream(state)  # a half-done exchange leaves it unusable
         state.failed_pings += 1
+        if state.failed_pings < self.settings.ping_failures:
+            return  # one slow answer on a busy machine is not a hung peer
         self.stats.hung_disconnects += 1
-        await self._disconnect(peer_id, f"no ping answer within {self.settings.ping_timeout_s} s")
+        await self._disconnect(
+            peer_id,
+            f"{state.failed_pings} pings unanswered within {self.settings.ping_timeout_s} s",
+        )
+
+    @staticmethod
+    async def _drop_ping_stream(state: _PeerState) -> None:
+        stream, state.ping_stream = state.ping_stream, None
+        if stream is not None:
+            with trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
 
     # ------------------------------------------------------------ dialling
     async def _redial_loop(self) -> None:
@@ -562,7 +598,7 @@ class Mesh:
         """
         s = self.settings
         base = s.discovery_interval_s
-        interval = base
+        interval = min(2.0, base)  # the first lookup soon after joining
         while True:
             await trio.sleep(interval * (0.8 + 0.4 * self.rng.random()))
             if len(self._peers) >= s.max_peers:
