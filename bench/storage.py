@@ -1,4 +1,4 @@
-"""Storage benchmark: UnixFS import throughput against `sha256sum` of the same file.
+"""Storage benchmark: import throughput, and peer-to-peer transfer between two maskds.
 
 Prints one JSON line per measurement. For each size a file is generated in a
 temp dir from a seeded PRNG; then, on the same (page-cached) file, we time
@@ -6,7 +6,14 @@ temp dir from a seeded PRNG; then, on the same (page-cached) file, we time
 alone into a counting sink, and the importer into a fresh block store (with
 and without fsync per block). Target: import within 2x of sha256sum.
 
-    python bench/storage.py --sizes 1MB,100MB,1GB
+Transfer (``--transfer-sizes``): two real maskd processes on 127.0.0.1 (the
+devnet config); the file is put on one and fetched with ``v1.storage.get`` by
+the other. We report the fetch alone (blocks over /mask/blocks/1, re-hashed and
+stored with fsync) and the whole get (fetch plus writing the file out), and in
+the same run a raw TCP copy of the same bytes over loopback into a file (the
+floor for moving the bytes at all). Target: transfer >= 100 MB/s.
+
+    python bench/storage.py --sizes 1MB,100MB,1GB --transfer-sizes 100MB,1GB
 """
 
 from __future__ import annotations
@@ -144,6 +151,87 @@ def run(size: int, workdir: Path, repeat: int) -> None:
     path.unlink()
 
 
+def raw_tcp_copy(path: Path, dest: Path) -> float:
+    """Seconds to send ``path`` over a loopback TCP socket into ``dest`` (sendfile)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def send() -> None:
+        conn, _ = server.accept()
+        with conn, open(path, "rb") as f:
+            conn.sendfile(f)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as sock, open(dest, "wb") as out:
+        while chunk := sock.recv(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    elapsed = time.perf_counter() - start
+    sender.join()
+    server.close()
+    return elapsed
+
+
+def run_transfer(sizes: list[int], workdir: Path) -> None:
+    from maskd.devnet import start_devnet
+
+    nodes = start_devnet(2, workdir / "net", timeout=90)
+    try:
+        a, b = nodes
+        for size in sizes:
+            path = workdir / f"xfer-{size}.bin"
+            make_file(path, size, seed=2)
+            mb = size / 1e6
+            t, _ = timed(lambda path=path: raw_tcp_copy(path, workdir / "tcp.out"))
+            (workdir / "tcp.out").unlink()
+            emit(op="raw_tcp_copy", size_bytes=size, seconds=round(t, 4), mb_per_s=round(mb / t, 1))
+            put = a.call("v1.storage.put", {"path": str(path)}, timeout=3600)
+            dest = workdir / f"got-{size}.bin"
+            params = {"cid": put["cid"], "dest": str(dest)}
+            t, got = timed(lambda params=params: b.call("v1.storage.get", params, timeout=3600))
+            same = _same_file(path, dest)
+            emit(
+                op="p2p_fetch",
+                size_bytes=size,
+                blocks=got["fetched_blocks"],
+                seconds=got["fetch_s"],
+                mb_per_s=round(mb / got["fetch_s"], 1),
+                target_mb_per_s=100,
+            )
+            emit(
+                op="p2p_get",
+                size_bytes=size,
+                seconds=round(t, 4),
+                mb_per_s=round(mb / t, 1),
+                export_s=got["export_s"],
+                identical=same,
+            )
+            dest.unlink()
+            path.unlink()
+            for node in nodes:
+                node.call("v1.storage.unpin", {"cid": put["cid"]})
+                node.call("v1.storage.gc", timeout=600)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1MB,100MB", help="comma list, e.g. 1MB,100MB,1GB")
@@ -151,6 +239,9 @@ def main() -> None:
         "--repeat", type=int, default=0, help="runs per op (0: 3 below 1 GB, else 1)"
     )
     parser.add_argument("--dir", default=None, help="work dir (default: a temp dir)")
+    parser.add_argument(
+        "--transfer-sizes", default="", help="p2p transfer sizes, e.g. 100MB,1GB (none: skip)"
+    )
     args = parser.parse_args()
     emit(op="machine", python=platform.python_version(), cpus=os.cpu_count())
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="maskd-bench-") as tmp:
@@ -158,6 +249,8 @@ def main() -> None:
             size = parse_size(text)
             repeat = args.repeat or (3 if size < UNITS["GB"] else 1)
             run(size, Path(tmp), repeat)
+        if args.transfer_sizes:
+            run_transfer([parse_size(t) for t in args.transfer_sizes.split(",")], Path(tmp))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ from maskd.events import EventBus
 from maskd.identity import NodeIdentity
 from p2p.mesh import Mesh, MeshHandlers, MeshSettings
 from p2p.validation import GossipValidator, Outcome, ValidationLimits
+from protocol.blocks import BLOCKS_PROTOCOL
 from protocol.codec import encode
 from protocol.identity import sign_gossip
 from protocol.messages import OFFERS_TOPIC, Gpu, OfferWithdrawal, Prices, ResourceOffer
 from scheduler.offer_book import OfferAdded, OfferBook, OfferEvent, OfferRemoved, OfferUpdated
+from storage.service import StorageService
 from worker.capacity import Capacity, measure
 
 log = logging.getLogger("maskd.node")
@@ -102,6 +104,21 @@ class Node:
         self._book_changed = trio.Event()
         self._republish_now = trio.Event()
         self.ready = trio.Event()
+        self.storage = StorageService(
+            config.storage,
+            config.data_path,
+            peer_id=identity.peer_id,
+            open_stream=self.mesh.new_stream,
+            connected_peers=lambda: [v.peer_id for v in self.mesh.peers()],
+            penalise=self.mesh._penalise,
+            publish=self.events.publish,
+            lookup_offer=self.book.get,
+            list_offers=self.book.offers,
+            storage_mb=config.offers.storage_mb if self.sells else 0,
+            price_gb_hour=config.offers.prices.storage_gb_hour,
+            clock=clock,
+        )
+        self.mesh.set_stream_handler(BLOCKS_PROTOCOL, self.storage.handle_stream)
 
     @property
     def sells(self) -> bool:
@@ -122,6 +139,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             await nursery.start(self.mesh.run)
+            await nursery.start(self.storage.run)
             nursery.start_soon(self._expiry_loop)
             if self.sells:
                 nursery.start_soon(self._offer_loop)
@@ -367,6 +385,7 @@ class Node:
             "v1.node.info": info,
             "v1.peers.list": peers,
             "v1.offers.list": offers,
+            **self.storage.rpc_methods(),
         }
 
     def rpc_streams(self):
