@@ -25,7 +25,10 @@ from storage.cid import (
 )
 from storage.unixfs import import_file
 
-VECTORS = json.loads(Path("/work/shared/vectors/cid_v1_rawleaves.json").read_text())
+# CIDs a real Kubo gave, copied from ../shared/vectors
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[1] / "data" / "vectors" / "cid_v1_rawleaves.json").read_text()
+)
 
 
 class ListSink:
