@@ -140,7 +140,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nodes", default="5,10,20")
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--rate", type=float, default=5.0, help="offers per second across the whole mesh")
+    ap.add_argument(
+        "--rate", type=float, default=5.0, help="offers per second across the whole mesh"
+    )
     ap.add_argument(
         "--baseline-rate",
         type=float,

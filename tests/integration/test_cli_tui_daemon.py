@@ -15,7 +15,18 @@ from maskd.tui.widgets import OffersTable, PeersTable
 
 STATUS_KEYS = {"peer_id", "addrs", "account", "version", "peers", "uptime_s", "drops"}
 PEER_KEYS = {"peer_id", "addrs", "latency_ms", "score"}
-OFFER_KEYS = {"offer_id", "peer_id", "account", "cpu", "memory_mb", "disk_mb", "gpus", "executors", "prices", "expires_at"}
+OFFER_KEYS = {
+    "offer_id",
+    "peer_id",
+    "account",
+    "cpu",
+    "memory_mb",
+    "disk_mb",
+    "gpus",
+    "executors",
+    "prices",
+    "expires_at",
+}
 
 
 def mask(*args: str, socket=None) -> subprocess.CompletedProcess:
@@ -32,7 +43,11 @@ def test_cli_reads_against_a_real_daemon(cluster):
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
     assert STATUS_KEYS <= status.keys()
-    assert status["peer_id"] == a.peer_id and status["account"].startswith("0x") and status["peers"] == 1
+    assert (
+        status["peer_id"] == a.peer_id
+        and status["account"].startswith("0x")
+        and status["peers"] == 1
+    )
     peers = json.loads(mask("peers", "--json", socket=a.socket).stdout)
     assert [p["peer_id"] for p in peers] == [b.peer_id] and PEER_KEYS <= peers[0].keys()
     offers = json.loads(mask("offers", "--json", socket=a.socket).stdout)
@@ -40,7 +55,10 @@ def test_cli_reads_against_a_real_daemon(cluster):
     assert all(OFFER_KEYS <= o.keys() for o in offers)
     for cmd in ("status", "peers", "offers"):
         r = mask(cmd, socket=a.socket)
-        assert r.returncode == 0 and a.peer_id[-6:] in r.stdout + mask("status", socket=a.socket).stdout
+        assert (
+            r.returncode == 0
+            and a.peer_id[-6:] in r.stdout + mask("status", socket=a.socket).stdout
+        )
 
 
 def test_cli_without_a_daemon_says_so_and_exits_1(tmp_path):

@@ -12,7 +12,9 @@ from maskd.devnet import read_state
 def mask(*args):
     return subprocess.run(
         [sys.executable, "-c", "from maskd.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 

@@ -58,7 +58,9 @@ def test_the_real_nvml_on_this_machine_does_not_raise():
 
 
 def test_measure_caps_with_config_and_reports_gpus(tmp_path):
-    nvml = FakeNVML([{"name": "A", "uuid": "u", "mem": 1 << 30}, {"name": "B", "uuid": "v", "mem": 2 << 30}])
+    nvml = FakeNVML(
+        [{"name": "A", "uuid": "u", "mem": 1 << 30}, {"name": "B", "uuid": "v", "mem": 2 << 30}]
+    )
     cap = measure(tmp_path, cpu=1, memory_mb=64, disk_mb=10, nvml=nvml)
     assert (cap.cpu, cap.memory_mb, cap.disk_mb) == (1, 64, 10)
     assert [g.name for g in cap.gpus] == ["A", "B"]

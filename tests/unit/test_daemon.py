@@ -8,7 +8,9 @@ from protocol.errors import MaskError
 
 
 def test_flags_become_config_overrides():
-    o = _overrides("/d", ("/ip4/127.0.0.1/tcp/0",), ("/ip4/1.2.3.4/tcp/1/p2p/x",), "provider", "debug", True)
+    o = _overrides(
+        "/d", ("/ip4/127.0.0.1/tcp/0",), ("/ip4/1.2.3.4/tcp/1/p2p/x",), "provider", "debug", True
+    )
     assert o == {
         "node": {"data_dir": "/d", "role": "provider", "log_level": "debug", "log_json": True},
         "p2p": {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": ["/ip4/1.2.3.4/tcp/1/p2p/x"]},
