@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -126,7 +127,8 @@ def test_offers_table_and_json(runner, daemon):
     out = table.stdout
     for expected in ("of-7f3…d8e6", "12D3KooW…ASuq", "8 GiB", "100 GiB", "A100", "wasm", "0.0025"):
         assert expected in out, expected
-    assert "59m" in out or "1h" in out  # expires in about an hour
+    # expires in under an hour (the fixture's expiry is set at import, so minutes may pass)
+    assert re.search(r"\b[1-5]?\dm\b|\b1h\b", out)
     data = json.loads(invoke(runner, "--socket", daemon, "offers", "--json").stdout)
     keys = "offer_id peer_id account cpu memory_mb disk_mb gpus executors prices expires_at"
     assert set(keys.split()) <= data[0].keys()
