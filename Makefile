@@ -41,6 +41,12 @@ bench: $(STAMP)
 	$(PY) bench/gossip.py
 	$(PY) bench/storage.py
 
+# Rebuild every example's .wasm from its C source (clang + wasi-libc; see
+# examples/*/Makefile). The builds are reproducible: unchanged sources give
+# byte-identical files.
+wasm:
+	@set -e; for mk in examples/*/Makefile; do $(MAKE) -C $$(dirname $$mk); done
+
 lock: $(STAMP)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^maskd' > constraints.txt
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from maskd.devnet import DevNode, wait_full_view, wait_until
-from protocol.errors import RpcError
+from protocol.errors import MaskError, RpcError
 from storage.cid import RAW, parse_cid
 
 pytestmark = pytest.mark.integration
@@ -134,11 +134,16 @@ def test_a_corrupt_block_on_a_verifying_server_is_never_sent(cluster, tmp_path):
     cid = put(honest, src)["cid"]
     put(careful, src)
     corrupt_leaves(careful)
+    # Asked alone, the careful server refuses its corrupt blocks ("don't have"),
+    # so the fetch fails cleanly and nothing corrupt reaches the client.
+    with pytest.raises(MaskError):
+        get(client, cid, tmp_path / "partial.bin", peers=[careful.peer_id])
+    assert careful.call("v1.storage.stat")["served_corrupt"] >= 1
+    assert client.call("v1.storage.stat")["exchange"]["corrupt_blocks"] == 0
     result = get(client, cid, tmp_path / "out.bin", peers=[careful.peer_id, honest.peer_id])
     assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
     assert careful.peer_id not in result["peers_dropped"]  # it said "don't have"
     assert client.call("v1.storage.stat")["exchange"]["corrupt_blocks"] == 0
-    assert careful.call("v1.storage.stat")["served_corrupt"] >= 1
 
 
 def test_a_peer_killed_mid_transfer_is_replaced_by_the_other(cluster, tmp_path):
