@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -72,7 +73,7 @@ def run(n: int, seconds: float, rate: float) -> dict:
         # the production timers (configs/default.toml), not the devnet's fast ones
         "MASK_P2P_PING_INTERVAL_S": "5",
         "MASK_P2P_PING_TIMEOUT_S": "5",
-        "MASK_P2P_HEARTBEAT_INTERVAL_S": "1",
+        "MASK_P2P_HEARTBEAT_INTERVAL_S": os.environ.get("BENCH_HEARTBEAT_S", "1"),
         "MASK_P2P_DISCOVERY_INTERVAL_S": "30",
         "MASK_P2P_REDIAL_INTERVAL_S": "5",
     }

@@ -348,6 +348,7 @@ class Node:
                 "publish_dropped": st.publish_dropped,
                 "dials_ok": st.dials_ok,
                 "dials_failed": st.dials_failed,
+                "topic_mesh_peers": self.mesh.topic_mesh_sizes(),
                 "banned_peers": sorted(self.mesh.scores.banned(self.clock())),
             },
             "data_dir": str(self.config.data_path),

@@ -366,6 +366,12 @@ class Mesh:
             )
         return out
 
+    def topic_mesh_sizes(self) -> dict[str, int]:
+        """Per topic: how many peers we forward to at once (gossipsub mesh)."""
+        router = self.pubsub.router if self.pubsub is not None else None
+        mesh = getattr(router, "mesh", None) or {}
+        return {topic: len(mesh.get(topic, ())) for topic in self.topics}
+
     def connected_count(self) -> int:
         return len(self._peers)
 
