@@ -155,3 +155,17 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def missing(self) -> int:
+        """Bytes still to come for the frame begun in the buffer (0: none, or its
+        length prefix is not complete yet)."""
+        buf = self._buf
+        length = shift = 0
+        for i in range(min(len(buf), MAX_VARINT_BYTES)):
+            b = buf[i]
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return max(0, i + 1 + length - len(buf))
+        return 0

@@ -11,7 +11,9 @@ Client: ``BlockExchange.fetch_dag(root, peers)`` brings every missing block of
 a DAG into the local store. It walks the DAG as blocks arrive, and asks up to
 ``max_peers`` peers at once over one stream each, each with up to
 ``requests_per_peer`` pipelined wants of about ``want_bytes``; a global budget
-bounds the bytes asked for and not yet stored. Every block is re-hashed
+bounds the bytes asked for and not yet stored. Answers go to a per-peer
+storer as they arrive (the next want does not wait for the disk), which
+writes what has arrived in batches (``BlockStore.put_many``). Every block is re-hashed
 against its CID before it is stored: a mismatch penalises the peer (through
 the ``penalise`` callback into the mesh scorer) and drops it from the fetch.
 A want that is not fully answered within ``request_timeout_s``, or a stream
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -56,7 +59,7 @@ from storage.fetch_state import (
     FetchState,
     ProgressFn,
 )
-from storage.streams import ByteStream, FramedStream, StreamBroken
+from storage.streams import ByteStream, FramedStream, StreamBroken, widen_receive_window
 
 __all__ = [
     "BlockExchange",
@@ -81,6 +84,36 @@ class _PeerDropped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Reservation:
+    """One want's share of the byte budget, given back as its blocks are stored."""
+
+    __slots__ = ("budget", "left")
+
+    def __init__(self, budget: ByteBudget, n: int) -> None:
+        self.budget = budget
+        self.left = n
+
+    def release(self, n: int) -> None:
+        n = min(n, self.left)
+        if n > 0:
+            self.left -= n
+            self.budget.release(n)
+
+    def release_all(self) -> None:
+        self.release(self.left)
+
+
+class _Arrival:
+    """Blocks received for one want, waiting for the storer."""
+
+    __slots__ = ("blocks", "reserved", "reservation")
+
+    def __init__(self, blocks, reserved: int, reservation: _Reservation) -> None:
+        self.blocks = blocks
+        self.reserved = reserved
+        self.reservation = reservation
 
 
 class _Session:
@@ -164,8 +197,14 @@ class BlockExchange:
         framed = FramedStream(stream)
         try:
             await self._serve(framed, peer_id)
-        except Exception as exc:
+        except BaseException as exc:
+            # A group may mix a real error with Cancelled (the peer went away while we
+            # were being cancelled): handle the error; a cancellation that is still
+            # due is raised again at the caller's next checkpoint.
             err = leaf_error(exc)
+            if not isinstance(err, Exception):
+                await framed.reset()
+                raise
             if isinstance(err, FrameError):
                 self.stats.bad_frames += 1
                 log.info("peer %s broke /mask/blocks/1: %s", peer_id, err)
@@ -315,6 +354,7 @@ class BlockExchange:
         try:
             with trio.fail_after(s.open_timeout_s):
                 framed = FramedStream(await self.open_stream(peer))
+                await widen_receive_window(framed.stream, s.receive_window)
         except trio.TooSlowError:
             self._drop(fetch, peer, "timeout opening a stream")
             return
@@ -322,18 +362,34 @@ class BlockExchange:
             self._drop(fetch, peer, f"cannot open a stream: {type(exc).__name__}: {exc}")
             return
         session = _Session()
+        reservations: set[_Reservation] = set()
         try:
             waiting: dict[int, trio.MemorySendChannel] = {}
+            to_store, from_wire = trio.open_memory_channel[_Arrival](math.inf)
+            stored_all = trio.Event()
             async with trio.open_nursery() as nursery:
                 session.scope = nursery.cancel_scope
                 nursery.start_soon(session.guard, self._read_answers, framed, waiting)
-                async with trio.open_nursery() as requesters:
+                nursery.start_soon(
+                    session.guard, self._storer, fetch, from_wire, peer, root, stored_all
+                )
+                async with to_store, trio.open_nursery() as requesters:
                     for _ in range(s.requests_per_peer):
                         requesters.start_soon(
-                            session.guard, self._requester, fetch, framed, waiting, peer, root
+                            session.guard,
+                            self._requester,
+                            fetch,
+                            framed,
+                            waiting,
+                            peer,
+                            to_store.clone(),
+                            reservations,
                         )
+                await stored_all.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            for reservation in list(reservations):
+                reservation.release_all()
             if session.failure is None and fetch.error is None:
                 await framed.close()
             else:
@@ -380,34 +436,45 @@ class BlockExchange:
                 raise FrameError("unsolicited", f"answer to unknown request {msg.req_id}")
             await channel.send(msg)
 
-    async def _requester(self, fetch, framed, waiting, peer: str, root: str) -> None:
+    async def _requester(
+        self, fetch, framed, waiting, peer: str, to_store, reservations: set
+    ) -> None:
+        """Ask this peer for queued blocks, one want at a time, and hand what comes
+        back to the storer: the next want goes out as soon as this one is answered,
+        not stored, so the disk and the wire work at once (the byte budget, released
+        as blocks are stored, bounds what waits in between)."""
         s = self.settings
-        while True:
-            while not fetch.finished() and peer in fetch.active:
-                batch = fetch.take(peer)
-                if batch:
-                    break
-                await fetch.changed.wait()
-            else:
-                return
-            hints = dict(batch)
-            reserved = await self._budget.acquire(sum(hints.values()))
-            req_id = next(self._req_ids)
-            send, recv = trio.open_memory_channel(MAX_WANT_CIDS + 1)
-            waiting[req_id] = send
-            try:
-                with trio.move_on_after(s.request_timeout_s) as scope:
-                    await framed.send(WantBlocks(req_id=req_id, cids=list(hints)))
-                    await self._collect(fetch, recv, hints, peer, root)
-                if scope.cancelled_caught:
-                    self.stats.timeouts += 1
-                    raise _PeerDropped(f"no full answer within {s.request_timeout_s:g} s")
-            finally:
-                del waiting[req_id]
-                self._budget.release(reserved)
-            fetch.report()
+        async with to_store:
+            while True:
+                while not fetch.finished() and peer in fetch.active:
+                    batch = fetch.take(peer)
+                    if batch:
+                        break
+                    await fetch.changed.wait()
+                else:
+                    return
+                hints = dict(batch)
+                reservation = _Reservation(
+                    self._budget, await self._budget.acquire(sum(hints.values()))
+                )
+                reservations.add(reservation)
+                req_id = next(self._req_ids)
+                send, recv = trio.open_memory_channel(MAX_WANT_CIDS + 1)
+                waiting[req_id] = send
+                try:
+                    with trio.move_on_after(s.request_timeout_s) as scope:
+                        await framed.send(WantBlocks(req_id=req_id, cids=list(hints)))
+                        await self._collect(fetch, recv, hints, peer, reservation, to_store)
+                    if scope.cancelled_caught:
+                        self.stats.timeouts += 1
+                        raise _PeerDropped(f"no full answer within {s.request_timeout_s:g} s")
+                finally:
+                    del waiting[req_id]
 
-    async def _collect(self, fetch: FetchState, recv, hints: dict[str, int], peer, root) -> None:
+    async def _collect(
+        self, fetch: FetchState, recv, hints: dict[str, int], peer, reservation, to_store
+    ) -> None:
+        """Receive every answer to one want; blocks go to the storer as they come."""
         pending = set(hints)
         while pending:
             msg = await recv.receive()
@@ -417,48 +484,75 @@ class BlockExchange:
                         raise FrameError("unsolicited", f"dont_have for {cid}")
                     pending.discard(cid)
                     fetch.requeue(cid, hints[cid], peer, failed=False)
+                    reservation.release(hints[cid])
                 continue
             for cid, _ in msg.blocks:
                 if cid not in pending:
                     raise FrameError("unsolicited", f"block {cid}")
                 pending.discard(cid)
-            stored = await self._run_blocking(self._store_blocks, msg.blocks)
-            corrupt = [cid for cid, children, _, _ in stored if children is None]
-            for cid, children, size, dag_size in stored:
-                if children is None:
-                    continue
-                fetch.delivered(cid, size, peer)
-                self.stats.fetched_blocks += 1
-                self.stats.fetched_bytes += size
-                for child, hint in children:
-                    fetch.enqueue(child, hint)
-                if cid == root:
-                    fetch.dag_bytes = dag_size
-            if corrupt:
-                self.stats.corrupt_blocks += len(corrupt)
-                log.warning(
-                    "peer %s sent %d corrupt block(s), first %s", peer, len(corrupt), corrupt[0]
-                )
-                self.penalise(peer, "block_hash_mismatch")
-                raise _PeerDropped(f"sent a block that does not match its CID ({corrupt[0]})")
-            fetch._notify()
+            to_store.send_nowait(
+                _Arrival(msg.blocks, sum(hints[cid] for cid, _ in msg.blocks), reservation)
+            )
+
+    async def _storer(self, fetch: FetchState, arrivals, peer, root, done: trio.Event) -> None:
+        """Store what arrives from one peer, in batches: one thread hop per batch,
+        whose blocks are re-hashed and written in parallel (``BlockStore.put_many``)."""
+        s = self.settings
+        async with arrivals:
+            async for first in arrivals:
+                batch = [first]
+                size = sum(len(data) for _, data in first.blocks)
+                while size < s.store_batch_bytes:
+                    try:
+                        more = arrivals.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    batch.append(more)
+                    size += sum(len(data) for _, data in more.blocks)
+                blocks = [block for arrival in batch for block in arrival.blocks]
+                try:
+                    stored = await self._run_blocking(self._store_blocks, blocks)
+                finally:
+                    for arrival in batch:
+                        arrival.reservation.release(arrival.reserved)
+                self._record_stored(fetch, stored, peer, root)
+        done.set()
+
+    def _record_stored(self, fetch: FetchState, stored, peer: str, root: str) -> None:
+        corrupt = [cid for cid, children, _, _ in stored if children is None]
+        for cid, children, size, dag_size in stored:
+            if children is None:
+                continue
+            fetch.delivered(cid, size, peer)
+            self.stats.fetched_blocks += 1
+            self.stats.fetched_bytes += size
+            for child, hint in children:
+                fetch.enqueue(child, hint)
+            if cid == root:
+                fetch.dag_bytes = dag_size
+        if corrupt:
+            self.stats.corrupt_blocks += len(corrupt)
+            log.warning(
+                "peer %s sent %d corrupt block(s), first %s", peer, len(corrupt), corrupt[0]
+            )
+            self.penalise(peer, "block_hash_mismatch")
+            raise _PeerDropped(f"sent a block that does not match its CID ({corrupt[0]})")
+        fetch._notify()
+        fetch.report()
 
     def _store_blocks(self, blocks) -> list[tuple[str, list | None, int, int]]:
-        """In a worker thread: re-hash and store each block, list its absent children.
+        """In a worker thread: re-hash and store the blocks, list their absent children.
 
         Returns ``(cid, children, size, dag_size)`` per block: ``children`` is None
         for a block that does not hash to its CID (nothing is stored for it);
         ``dag_size`` is the block's size plus its links' cumulative sizes.
         """
         out: list[tuple[str, list | None, int, int]] = []
-        for cid, data in blocks:
-            try:
-                self.store.put(cid, data)
-            except StorageError as exc:
-                if exc.code == "block_hash_mismatch":
-                    out.append((cid, None, len(data), 0))
-                    continue
-                raise
+        results = self.store.put_many(blocks)
+        for (cid, data), result in zip(blocks, results, strict=True):
+            if result is None:
+                out.append((cid, None, len(data), 0))
+                continue
             children: list[tuple[str, int]] = []
             dag_size = len(data)
             if parse_cid(cid).codec == DAG_PB:

@@ -32,6 +32,8 @@ class ExchangeSettings:
     serve_streams_per_peer: int = 4
     serve_queue: int = 8
     open_timeout_s: float = 5.0
+    receive_window: int = 16 << 20  # Yamux credit granted to a peer on a fetch stream
+    store_batch_bytes: int = 8 << 20  # the storer writes up to this much per thread hop
 
 
 @dataclass(frozen=True, slots=True)

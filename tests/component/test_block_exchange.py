@@ -324,3 +324,54 @@ def test_frames_survive_any_split_and_oversize_is_refused():
         FrameDecoder().feed(b"\xff" * 6)
     with pytest.raises(FrameError, match="undecodable"):
         decode_message(b"\xc1")
+
+
+def test_decoder_knows_how_much_of_a_frame_is_missing():
+    wire = encode_frame(Blocks(req_id=1, blocks=[("bafkqaaa", b"x" * 300_000)]))
+    dec = FrameDecoder()
+    assert dec.missing == 0  # nothing begun
+    assert dec.feed(wire[:2]) == [] and dec.missing == 0  # 3-byte length prefix: unknown
+    assert dec.feed(wire[2:4]) == [] and dec.missing == len(wire) - 4
+    assert dec.feed(wire[4:1000]) == [] and dec.missing == len(wire) - 1000
+    assert len(dec.feed(wire[1000:])) == 1 and dec.missing == 0
+
+
+async def test_big_frames_go_out_in_pieces_that_fit_one_noise_message():
+    from storage.streams import WRITE_PIECE, FramedStream
+
+    writes: list[int] = []
+
+    class Recorder(MemoryByteStream):
+        def __init__(self):
+            pass
+
+        async def write(self, data):
+            writes.append(len(data))
+
+    framed = FramedStream(Recorder())
+    big = Blocks(req_id=1, blocks=[("bafkqaaa", b"y" * (1 << 20))])
+    await framed.send(big)
+    assert WRITE_PIECE + 12 == 65_535 - 16  # Yamux header + piece = Noise's max plaintext
+    assert max(writes) == WRITE_PIECE and sum(writes) == len(encode_frame(big))
+    writes.clear()
+    await framed.send(WantBlocks(req_id=2, cids=["bafkqaaa"]))
+    assert len(writes) == 1  # small frames in one write
+
+
+def test_put_many_stores_in_parallel_and_flags_mismatches(tmp_path):
+    from storage.cid import cid_of_bytes
+
+    store = BlockStore(tmp_path / "s", fsync=True)
+    blobs = [payload(50_000, seed=i) for i in range(12)]
+    items = [(cid_of_bytes(b), b) for b in blobs]
+    forged = (items[0][0], b"not the data")
+    assert store.put_many([*items[1:], forged]) == [True] * 11 + [None]
+    assert store.put_many(items) == [True] + [False] * 11  # the first was refused before
+    assert_store_consistent(store)
+    store.quota_bytes = store.stat().bytes + 60_000
+    more = [(cid_of_bytes(b), b) for b in (payload(50_000, seed=100 + i) for i in range(3))]
+    with pytest.raises(StorageError) as err:
+        store.put_many(more)
+    assert err.value.code == "store_full"
+    assert_store_consistent(store)
+    assert store.stat().bytes <= store.quota_bytes
