@@ -1,0 +1,361 @@
+"""Market wire schemas: bids (gossip) and the direct ``/mask/market/1`` messages.
+
+A requester gossips a signed :class:`JobBid` on ``/mask/bids/1`` (no payload:
+only what a provider needs to decide). Providers answer over a direct stream
+with a :class:`Quote` or a :class:`Refusal`; the two then exchange an
+:class:`Agreement` (EIP-712, both account keys sign: see ``ledger/agreement.py``);
+while the job runs the provider sends :class:`Heartbeat`\\ s and finally a
+:class:`JobResult` signed by its account key. Either side may send :class:`Cancel`.
+
+Bids travel in the same ``SignedGossip`` envelope as offers and are signed
+the same way (Ed25519 over ``GOSSIP_SIGNING_PREFIX + body``); the body's tag
+tells a bid from an offer, so one signature can never be replayed as the other.
+Direct messages need no peer signature: the stream is authenticated (Noise),
+and the shell passes the remote peer id in as ``source``.
+
+Compatibility rule (major version 1): fields are only added, at the end, with
+defaults. Amounts are decimal strings (MessagePack integers stop at 2**64).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from protocol.identity import verify_gossip, verify_identity_record
+from protocol.messages import KNOWN_EXECUTORS, IdentityRecord, SignedGossip
+
+__all__ = [
+    "RESULT_SIGNING_PREFIX",
+    "Agreement",
+    "AgreementTerms",
+    "BidLimits",
+    "BidOutcome",
+    "BidReason",
+    "BidValidator",
+    "BidVerdict",
+    "Cancel",
+    "Heartbeat",
+    "JobBid",
+    "JobRequirements",
+    "JobResult",
+    "MarketKeys",
+    "MarketMessage",
+    "Quote",
+    "Refusal",
+    "UsageReport",
+    "decode_bid",
+    "decode_market",
+    "encode_market",
+    "is_amount",
+    "is_job_id",
+    "result_signing_bytes",
+]
+
+RESULT_SIGNING_PREFIX = b"maskd-result:v1:"
+#: The largest direct market message we read; a result is the biggest, < 1 KiB.
+MAX_MARKET_MESSAGE_BYTES = 16384
+
+_JOB_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are sha256 hex digests: they fit an EIP-712 ``bytes32``."""
+    return bool(_JOB_ID_RE.match(value))
+
+
+def is_amount(value: str) -> bool:
+    """A token amount: decimal digits that fit a uint256."""
+    return value.isascii() and value.isdigit() and len(value) <= 78 and int(value) < 2**256
+
+
+class JobRequirements(msgspec.Struct, frozen=True, kw_only=True):
+    executor: str
+    cpu: int
+    memory_mb: int
+    gpu: int = 0
+    max_seconds: int
+    max_fuel: int = 0  # 0: no fuel budget (wall time is the only bound)
+
+
+class JobBid(msgspec.Struct, frozen=True, kw_only=True, tag="job_bid"):
+    """A requester's call for quotes. A fresh round for the same job has a higher seq."""
+
+    job_id: str
+    peer_id: str  # the requester
+    identity: IdentityRecord
+    requirements: JobRequirements
+    max_total: str  # token base units
+    deadline: int  # unix seconds: placed and finished by then
+    spec_cid: str
+    issued_at: float
+    expires_at: float
+    seq: int
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True, tag="quote"):
+    """A provider's price for one bid round; it holds capacity until ``valid_until``."""
+
+    job_id: str
+    bid_seq: int  # the round this answers
+    peer_id: str  # the provider
+    identity: IdentityRecord
+    price_total: str
+    valid_until: float
+    free_cpu: int
+    free_memory_mb: int
+    free_gpu: int = 0
+
+
+class Refusal(msgspec.Struct, frozen=True, kw_only=True, tag="refusal"):
+    """``reason`` is a scheduler.policy.RefusalReason value (or ``quote_lapsed``,
+    ``bad_agreement`` when a provider declines an agreement)."""
+
+    job_id: str
+    bid_seq: int
+    peer_id: str
+    reason: str
+    detail: str = ""
+
+
+class AgreementTerms(msgspec.Struct, frozen=True, kw_only=True):
+    """What both parties sign (EIP-712 typed data, ``ledger.agreement``)."""
+
+    job_id: str
+    requester_peer: str
+    requester_account: str
+    provider_peer: str
+    provider_account: str
+    price_total: str
+    cpu: int
+    memory_mb: int
+    gpu: int
+    max_seconds: int
+    max_fuel: int
+    deadline: int
+    spec_cid: str
+    heartbeat_interval_ms: int  # the requester's liveness clock, so both sides agree
+    chain_id: int
+    verifying_contract: str  # the settlement escrow; a zero address until the ledger issue
+
+
+class Agreement(msgspec.Struct, frozen=True, kw_only=True, tag="agreement"):
+    """Sent with the requester's signature; sent back with both (the countersign)."""
+
+    terms: AgreementTerms
+    requester_signature: bytes
+    provider_signature: bytes = b""
+
+
+class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
+    fuel: int = 0
+    wall_ms: int = 0
+    peak_memory_bytes: int = 0
+    output_bytes: int = 0
+
+
+class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):
+    job_id: str
+    peer_id: str
+    seq: int
+    usage: UsageReport = UsageReport()
+
+
+class JobResult(msgspec.Struct, frozen=True, kw_only=True, tag="job_result"):
+    """Signed (EIP-191) by the provider's account over :func:`result_signing_bytes`."""
+
+    job_id: str
+    peer_id: str
+    output_cid: str
+    usage: UsageReport
+    stdout_sha256: bytes
+    stderr_sha256: bytes
+    exit_code: int | None
+    error_code: str = ""
+    error_message: str = ""
+    signature: bytes = b""
+
+
+class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
+    """From the requester: stop the job, or release a quote it will not take."""
+
+    job_id: str
+    peer_id: str
+    reason: str = "cancelled"
+
+
+MarketMessage = Quote | Refusal | Agreement | Heartbeat | JobResult | Cancel
+
+_encoder = msgspec.msgpack.Encoder()
+_market_decoder = msgspec.msgpack.Decoder(MarketMessage)
+_bid_decoder = msgspec.msgpack.Decoder(JobBid)
+_envelope_decoder = msgspec.msgpack.Decoder(SignedGossip)
+
+
+def encode_market(message: MarketMessage | JobBid) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_market(data: bytes) -> MarketMessage:
+    """Strict; raises msgspec.DecodeError / ValidationError, or ValueError when too large."""
+    if len(data) > MAX_MARKET_MESSAGE_BYTES:
+        raise ValueError(f"market message of {len(data)} bytes is over the limit")
+    return _market_decoder.decode(data)
+
+
+def decode_bid(body: bytes) -> JobBid:
+    return _bid_decoder.decode(body)
+
+
+def result_signing_bytes(result: JobResult) -> bytes:
+    """The exact bytes a provider signs: the result with an empty signature."""
+    return RESULT_SIGNING_PREFIX + _encoder.encode(msgspec.structs.replace(result, signature=b""))
+
+
+class MarketKeys(Protocol):
+    """The account-key operations the market cores need, injected by the daemon
+    (``ledger.agreement.AccountKeys``) so the cores stay free of key handling."""
+
+    @property
+    def account(self) -> str: ...
+
+    def sign_agreement(self, terms: AgreementTerms) -> bytes: ...
+
+    def verify_agreement(self, terms: AgreementTerms, signature: bytes, account: str) -> bool: ...
+
+    def sign_result(self, result: JobResult) -> bytes: ...
+
+    def verify_result(self, result: JobResult, account: str) -> bool: ...
+
+
+# --- bid validation ----------------------------------------------------------
+
+
+class BidVerdict(enum.Enum):
+    """Same meaning as p2p.validation.Verdict (protocol/ imports nothing of p2p)."""
+
+    ACCEPT = "accept"
+    IGNORE = "ignore"
+    REJECT = "reject"
+
+
+class BidReason(enum.StrEnum):
+    OK = "ok"
+    TOO_LARGE = "too_large"
+    UNDECODABLE = "undecodable"
+    SOURCE_MISMATCH = "source_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    FROM_FUTURE = "from_future"
+    TTL_TOO_LONG = "ttl_too_long"
+    DUPLICATE = "duplicate"
+    STALE_SEQ = "stale_seq"
+    BAD_IDENTITY = "bad_identity"
+    BAD_FIELD = "bad_field"
+    DEADLINE_PASSED = "deadline_passed"
+
+
+@dataclass(frozen=True, slots=True)
+class BidOutcome:
+    verdict: BidVerdict
+    reason: BidReason
+    bid: JobBid | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BidLimits:
+    max_message_bytes: int = 8192
+    max_clock_skew_s: float = 30.0
+    max_ttl_s: float = 600.0
+    seen_cache_size: int = 65536
+    max_resource: int = 1 << 40
+    max_string: int = 256
+
+
+class BidValidator:
+    """size -> decode -> source -> signature -> freshness/replay -> meaning.
+
+    Replay state is the highest seq per (requester, job): a requester runs many
+    jobs at once, and a fresh round for one job must not shadow another's.
+    """
+
+    def __init__(self, limits: BidLimits = BidLimits()):
+        self.limits = limits
+        self._highest_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.drops: Counter[str] = Counter()
+        self.accepted = 0
+
+    def validate(self, data: bytes, *, source: str, now: float) -> BidOutcome:
+        outcome = self._validate(data, source, now)
+        if outcome.verdict is BidVerdict.ACCEPT:
+            self.accepted += 1
+        else:
+            self.drops[outcome.reason.value] += 1
+        return outcome
+
+    def _validate(self, data: bytes, source: str, now: float) -> BidOutcome:
+        lim = self.limits
+        if len(data) > lim.max_message_bytes:
+            return BidOutcome(BidVerdict.REJECT, BidReason.TOO_LARGE, detail=f"{len(data)} bytes")
+        try:
+            envelope = _envelope_decoder.decode(data)
+            bid = _bid_decoder.decode(envelope.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return BidOutcome(BidVerdict.REJECT, BidReason.UNDECODABLE, detail=str(exc)[:200])
+        if bid.peer_id != source:
+            return BidOutcome(BidVerdict.REJECT, BidReason.SOURCE_MISMATCH)
+        if not verify_gossip(envelope, bid.peer_id):
+            return BidOutcome(BidVerdict.REJECT, BidReason.BAD_SIGNATURE)
+        if bid.expires_at <= now:
+            return BidOutcome(BidVerdict.IGNORE, BidReason.EXPIRED)
+        if bid.deadline <= now:
+            return BidOutcome(BidVerdict.IGNORE, BidReason.DEADLINE_PASSED)
+        if bid.issued_at > now + lim.max_clock_skew_s:
+            return BidOutcome(BidVerdict.REJECT, BidReason.FROM_FUTURE)
+        start = max(bid.issued_at, now - lim.max_clock_skew_s)
+        if bid.expires_at - start > lim.max_ttl_s + lim.max_clock_skew_s:
+            return BidOutcome(BidVerdict.REJECT, BidReason.TTL_TOO_LONG)
+        key = (bid.peer_id, bid.job_id)
+        last = self._highest_seq.get(key)
+        if last is not None and bid.seq <= last:
+            reason = BidReason.DUPLICATE if bid.seq == last else BidReason.STALE_SEQ
+            return BidOutcome(BidVerdict.IGNORE, reason)
+        problem = self._problem(bid)
+        if problem is not None:
+            return BidOutcome(BidVerdict.REJECT, problem[0], detail=problem[1])
+        self._highest_seq[key] = bid.seq
+        self._highest_seq.move_to_end(key)
+        while len(self._highest_seq) > lim.seen_cache_size:
+            self._highest_seq.popitem(last=False)
+        return BidOutcome(BidVerdict.ACCEPT, BidReason.OK, bid=bid)
+
+    def _problem(self, bid: JobBid) -> tuple[BidReason, str] | None:
+        lim = self.limits
+        req = bid.requirements
+        if not is_job_id(bid.job_id):
+            return BidReason.BAD_FIELD, "job_id is not a sha256 hex digest"
+        if not 0 <= bid.seq < 1 << 63:
+            return BidReason.BAD_FIELD, "seq out of range"
+        if req.executor not in KNOWN_EXECUTORS:
+            return BidReason.BAD_FIELD, f"unknown executor {req.executor[:32]!r}"
+        if not (1 <= req.cpu <= lim.max_resource and 1 <= req.memory_mb <= lim.max_resource):
+            return BidReason.BAD_FIELD, "cpu and memory_mb must be >= 1"
+        if not 0 <= req.gpu <= lim.max_resource:
+            return BidReason.BAD_FIELD, "gpu out of range"
+        if not 1 <= req.max_seconds <= lim.max_resource or not 0 <= req.max_fuel < 1 << 63:
+            return BidReason.BAD_FIELD, "max_seconds or max_fuel out of range"
+        if not is_amount(bid.max_total):
+            return BidReason.BAD_FIELD, "max_total is not a decimal uint256"
+        if not 0 < len(bid.spec_cid) <= lim.max_string:
+            return BidReason.BAD_FIELD, "spec_cid is empty or too long"
+        if bid.identity.peer_id != bid.peer_id:
+            return BidReason.BAD_IDENTITY, "identity record is for another peer"
+        if not verify_identity_record(bid.identity):
+            return BidReason.BAD_IDENTITY, "account signature does not verify"
+        return None

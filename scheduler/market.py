@@ -1,0 +1,402 @@
+"""Trio shells around the market cores: the I/O the cores ask for, nothing more.
+
+Each service owns one core and one bounded inbox. A single loop takes the next
+inbox event (or the core's next timer), calls the core, and runs the commands
+it returns in order: persistence is awaited before anything after it runs, so
+a transition is on disk before the node acts on it. Sends and slow work
+(fetching, executing, storing output) run as tasks in the service's nursery,
+bounded, and report back through the inbox; a send that fails is counted,
+not raised, because a peer going away is normal and the core's timers deal
+with it.
+
+Time: ``clock()`` is the clock the cores see (wall time in the daemon,
+``trio.current_time`` in tests); sleeps are trio sleeps for the difference, so
+both work under ``MockClock``.
+
+The interfaces the daemon supplies are small ``Protocol``\\ s below; the fakes
+in ``scheduler.testing`` implement them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.codec import encode
+from protocol.identity import sign_gossip
+from protocol.market import (
+    BidOutcome,
+    BidValidator,
+    BidVerdict,
+    JobBid,
+    decode_market,
+    encode_market,
+)
+from protocol.messages import BIDS_TOPIC
+from scheduler import provider as pv
+from scheduler import requester as rq
+from scheduler.spec import JobSpec
+from scheduler.store import CreateJob, JobRow, JobStore, RecordTransition
+
+__all__ = [
+    "AsyncStore",
+    "Gossip",
+    "InlineStore",
+    "Outputs",
+    "ProviderService",
+    "RequesterService",
+    "ThreadedStore",
+    "Transport",
+    "Worker",
+]
+
+
+class Gossip(Protocol):
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+
+class Transport(Protocol):
+    """One message to one peer on ``/mask/market/1``; raises OSError when it cannot."""
+
+    async def send(self, peer_id: str, data: bytes) -> None: ...
+
+
+class Outputs(Protocol):
+    """Requester side: fetch a result's output and check it; (ok, detail)."""
+
+    async def fetch_and_verify(
+        self, peer_id: str, output_cid: str, verify_mode: str
+    ) -> tuple[bool, str]: ...
+
+
+class Worker(Protocol):
+    """Provider side: payload, sandboxed execution (cancellable), output storage."""
+
+    async def fetch_payload(self, job_id: str, peer_id: str, spec_cid: str) -> None: ...
+
+    async def execute(self, job_id: str, agreement: Any) -> pv.ExecutionOutcome: ...
+
+    async def store_output(self, job_id: str) -> str: ...
+
+
+class AsyncStore(Protocol):
+    async def apply(self, command: CreateJob | RecordTransition, now: float) -> JobRow: ...
+
+
+class ThreadedStore:
+    """The daemon's store: sqlite in a worker thread, one at a time."""
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def apply(self, command: CreateJob | RecordTransition, now: float) -> JobRow:
+        return await trio.to_thread.run_sync(
+            lambda: self.store.apply(command, now=now), limiter=self._limiter
+        )
+
+
+class InlineStore:
+    """Calls sqlite on the event loop. For tests under ``MockClock(autojump_threshold=0)``:
+    a task waiting on a thread looks idle, so autojump would move virtual time
+    while sqlite runs and the timings tests assert would drift."""
+
+    def __init__(self, store: JobStore):
+        self.store = store
+
+    async def apply(self, command: CreateJob | RecordTransition, now: float) -> JobRow:
+        return self.store.apply(command, now=now)
+
+
+class _Shell:
+    """The loop both services share: inbox or timer -> core -> commands in order."""
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        transport: Transport,
+        clock: Callable[[], float],
+        *,
+        inbox_size: int,
+        max_tasks: int,
+        max_outbox: int = 256,
+    ):
+        self._store = store
+        self._transport = transport
+        self._clock = clock
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple](inbox_size)
+        self._max_tasks = max_tasks
+        self._max_outbox = max_outbox
+        self._outbox: dict[str, deque[bytes]] = {}
+        self._tasks = 0
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self.drops: Counter[str] = Counter()
+        self.changed = trio.Event()  # set and replaced after every batch of commands
+
+    # the core hooks
+    def _next_deadline(self) -> float | None:
+        raise NotImplementedError
+
+    def _on_timer(self, now: float) -> list:
+        raise NotImplementedError
+
+    def _on_event(self, event: tuple, now: float) -> list:
+        raise NotImplementedError
+
+    async def _run_command(self, cmd: Any, now: float) -> bool:
+        """Service-specific commands; False when the command is not one of them."""
+        raise NotImplementedError
+
+    def deliver(self, source: str, data: bytes) -> None:
+        """A direct message from ``source`` (stream handler side): decode once, enqueue."""
+        try:
+            message = decode_market(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            self.drops["undecodable"] += 1
+            return
+        self._enqueue(("message", source, message))
+
+    def _enqueue(self, event: tuple) -> None:
+        try:
+            self._inbox_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.drops["inbox_full"] += 1
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                deadline = self._next_deadline()
+                when = math.inf
+                if deadline is not None:
+                    when = trio.current_time() + max(0.0, deadline - self._clock())
+                event = None
+                with trio.move_on_at(when):
+                    event = await self._inbox.receive()
+                async with self._lock:
+                    now = self._clock()
+                    cmds = self._on_timer(now) if event is None else self._on_event(event, now)
+                    await self._execute(cmds, now)
+
+    async def _execute(self, cmds: list, now: float) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, (CreateJob, RecordTransition)):
+                await self._store.apply(cmd, now)
+            elif hasattr(cmd, "message") and hasattr(cmd, "peer_id"):
+                self._queue_send(cmd.peer_id, encode_market(cmd.message))
+            elif not await self._run_command(cmd, now):
+                raise TypeError(f"no handler for command {cmd!r}")
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake whoever waits on :attr:`changed` (tests, watchers); never a sleep."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _queue_send(self, peer_id: str, data: bytes) -> None:
+        """Sends to one peer go out in the order the core emitted them (a countersign
+        before the first heartbeat), from one drain task per peer, bounded."""
+        queue = self._outbox.get(peer_id)
+        if queue is None:
+            queue = deque()
+            if not self._spawn(self._drain, peer_id, queue):
+                return
+            self._outbox[peer_id] = queue
+        if len(queue) >= self._max_outbox:
+            self.drops["outbox_full"] += 1
+            return
+        queue.append(data)
+
+    async def _drain(self, peer_id: str, queue: deque[bytes]) -> None:
+        try:
+            while queue:
+                data = queue.popleft()
+                try:
+                    await self._transport.send(peer_id, data)
+                except OSError:
+                    self.drops["send_failed"] += 1
+        finally:
+            del self._outbox[peer_id]
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> bool:
+        if self._tasks >= self._max_tasks or self._nursery is None:
+            self.drops["too_many_tasks"] += 1
+            return False
+        self._tasks += 1
+
+        async def task() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self._tasks -= 1
+
+        self._nursery.start_soon(task)
+        return True
+
+
+class RequesterService(_Shell):
+    def __init__(
+        self,
+        core: rq.RequesterCore,
+        *,
+        store: AsyncStore,
+        gossip: Gossip,
+        transport: Transport,
+        outputs: Outputs,
+        peer_key: Ed25519PrivateKey,
+        clock: Callable[[], float],
+        inbox_size: int = 1024,
+        max_tasks: int = 1024,
+    ):
+        super().__init__(store, transport, clock, inbox_size=inbox_size, max_tasks=max_tasks)
+        self.core = core
+        self._gossip = gossip
+        self._outputs = outputs
+        self._peer_key = peer_key
+
+    async def submit(self, spec: JobSpec, spec_cid: str) -> str:
+        async with self._lock:
+            now = self._clock()
+            job_id, cmds = self.core.submit(spec, spec_cid, now)
+            await self._execute(cmds, now)
+        await self._inbox_send.send(("wake",))  # the timers changed
+        return job_id
+
+    async def cancel(self, job_id: str) -> None:
+        async with self._lock:
+            now = self._clock()
+            await self._execute(self.core.cancel(job_id, now), now)
+
+    async def resume(self, rows: list[JobRow]) -> None:
+        async with self._lock:
+            now = self._clock()
+            for row in rows:
+                await self._execute(self.core.resume(row, now), now)
+        await self._inbox_send.send(("wake",))
+
+    def _next_deadline(self) -> float | None:
+        return self.core.next_deadline()
+
+    def _on_timer(self, now: float) -> list:
+        return self.core.handle_timer(now)
+
+    def _on_event(self, event: tuple, now: float) -> list:
+        kind = event[0]
+        if kind == "message":
+            return self.core.handle_message(event[1], event[2], now)
+        if kind == "verified":
+            return self.core.output_verified(event[1], event[2], event[3], now)
+        return []
+
+    async def _run_command(self, cmd: Any, now: float) -> bool:
+        if isinstance(cmd, rq.PublishBid):
+            data = encode(sign_gossip(encode_market(cmd.bid), self._peer_key))
+            await self._gossip.publish(BIDS_TOPIC, data)
+        elif isinstance(cmd, rq.FetchOutput):
+            self._spawn(self._fetch, cmd)
+        else:
+            return False
+        return True
+
+    async def _fetch(self, cmd: rq.FetchOutput) -> None:
+        ok, detail = await self._outputs.fetch_and_verify(
+            cmd.peer_id, cmd.output_cid, cmd.verify_mode
+        )
+        await self._inbox_send.send(("verified", cmd.job_id, ok, detail))
+
+
+class ProviderService(_Shell):
+    def __init__(
+        self,
+        core: pv.ProviderCore,
+        *,
+        store: AsyncStore,
+        transport: Transport,
+        worker: Worker,
+        clock: Callable[[], float],
+        validator: BidValidator | None = None,
+        inbox_size: int = 1024,
+        max_tasks: int = 1024,
+    ):
+        super().__init__(store, transport, clock, inbox_size=inbox_size, max_tasks=max_tasks)
+        self.core = core
+        self.validator = validator or BidValidator()
+        self._worker = worker
+        self._payloads: dict[str, pv.FetchPayload] = {}
+        self._executions: dict[str, trio.CancelScope] = {}
+
+    def deliver_bid(self, source: str, data: bytes) -> BidOutcome:
+        """Gossip from ``/mask/bids/1``; the verdict goes back to the mesh for scoring."""
+        outcome = self.validator.validate(data, source=source, now=self._clock())
+        if outcome.verdict is BidVerdict.ACCEPT:
+            self._enqueue(("bid", outcome.bid))
+        return outcome
+
+    async def resume(self, rows: list[JobRow]) -> None:
+        async with self._lock:
+            now = self._clock()
+            for row in rows:
+                await self._execute(self.core.resume(row, now), now)
+        await self._inbox_send.send(("wake",))
+
+    def _next_deadline(self) -> float | None:
+        return self.core.next_deadline()
+
+    def _on_timer(self, now: float) -> list:
+        return self.core.handle_timer(now)
+
+    def _on_event(self, event: tuple, now: float) -> list:
+        kind = event[0]
+        if kind == "bid":
+            bid: JobBid = event[1]
+            return self.core.handle_bid(bid, now)
+        if kind == "message":
+            return self.core.handle_message(event[1], event[2], now)
+        if kind == "finished":
+            return self.core.execution_finished(event[1], event[2], now)
+        if kind == "stored":
+            return self.core.output_stored(event[1], event[2], now)
+        return []
+
+    async def _run_command(self, cmd: Any, now: float) -> bool:
+        if isinstance(cmd, pv.FetchPayload):
+            self._payloads[cmd.job_id] = cmd
+        elif isinstance(cmd, pv.StartExecution):
+            scope = trio.CancelScope()
+            self._executions[cmd.job_id] = scope
+            self._spawn(self._execute_job, cmd, scope)
+        elif isinstance(cmd, pv.AbortExecution):
+            scope = self._executions.pop(cmd.job_id, None)
+            if scope is not None:
+                scope.cancel()
+        elif isinstance(cmd, pv.StoreOutput):
+            self._spawn(self._store_output, cmd.job_id)
+        else:
+            return False
+        return True
+
+    async def _execute_job(self, cmd: pv.StartExecution, scope: trio.CancelScope) -> None:
+        outcome = None
+        with scope:
+            fetch = self._payloads.pop(cmd.job_id, None)
+            if fetch is not None:
+                await self._worker.fetch_payload(fetch.job_id, fetch.peer_id, fetch.spec_cid)
+            outcome = await self._worker.execute(cmd.job_id, cmd.agreement)
+        if self._executions.get(cmd.job_id) is scope:
+            del self._executions[cmd.job_id]
+        if scope.cancelled_caught:
+            self._notify()  # an abort has taken effect
+        if outcome is not None:
+            await self._inbox_send.send(("finished", cmd.job_id, outcome))
+
+    async def _store_output(self, job_id: str) -> None:
+        cid = await self._worker.store_output(job_id)
+        await self._inbox_send.send(("stored", job_id, cid))

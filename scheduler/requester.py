@@ -1,0 +1,632 @@
+"""The requester's side of the market, sans-IO: events in, commands out.
+
+One :class:`RequesterCore` tracks every job this node has submitted. It never
+touches a socket, a clock or the disk: each call takes ``now`` and returns a
+list of commands, *in the order they must run*. Persistence commands
+(:class:`~scheduler.store.CreateJob`, :class:`~scheduler.store.RecordTransition`)
+come before the sends they justify, so a shell that runs the list in order
+persists every transition before acting on it. Timers follow aioquic: the
+shell sleeps until :meth:`RequesterCore.next_deadline` and calls
+:meth:`RequesterCore.handle_timer`.
+
+A job's market life (docs/market.md has the diagram)::
+
+    submit -> PublishBid; quotes and refusals arrive for one quote window
+    window ends (or enough quotes) -> rank -> SendAgreement to the best
+    countersigned -> matched; first heartbeat -> running
+    heartbeats stop / provider deadline missed -> provider_replaced -> next quote,
+        or a fresh bid round when none is left
+    result from the current provider -> verifying -> FetchOutput
+    output verified -> completed, owed recorded in the same transaction
+
+Peer mistakes (a quote for an unknown job, a result from a replaced provider)
+are dropped and counted in :attr:`RequesterCore.counters`, never raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from protocol.errors import JobError
+from protocol.identity import verify_identity_record
+from protocol.market import (
+    Agreement,
+    AgreementTerms,
+    Cancel,
+    Heartbeat,
+    JobBid,
+    JobRequirements,
+    JobResult,
+    MarketKeys,
+    MarketMessage,
+    Quote,
+    Refusal,
+    UsageReport,
+    encode_market,
+    is_amount,
+)
+from protocol.messages import IdentityRecord, ResourceOffer
+from scheduler.explain import explain_job
+from scheduler.jobstate import JobEvent, JobState, transition
+from scheduler.selection import Candidate, Capacity, Job, Requirements, rank
+from scheduler.spec import JobSpec
+from scheduler.store import CreateJob, JobRow, OwedEntry, RecordTransition
+
+__all__ = [
+    "FetchOutput",
+    "PublishBid",
+    "RequesterCommand",
+    "RequesterConfig",
+    "RequesterCore",
+    "RequesterJob",
+    "SendAgreement",
+    "SendCancel",
+]
+
+ROLE = "requester"
+_PLACED = frozenset({JobState.MATCHED, JobState.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class RequesterConfig:
+    peer_id: str
+    identity: IdentityRecord
+    chain_id: int = 31337
+    verifying_contract: str = "0x" + "00" * 20
+    quote_window_s: float = 0.5  # collect quotes this long before choosing
+    enough_quotes: int = 3  # ... or choose as soon as this many arrived
+    bid_ttl_s: float = 30.0
+    rebid_after_s: float = 5.0  # a round with no usable quote is repeated after this
+    agreement_timeout_s: float = 5.0  # countersign or be skipped
+    heartbeat_interval_s: float = 1.0  # asked of the provider in the agreement
+    missed_heartbeats: int = 3  # this many missed intervals and the provider is replaced
+    start_grace_s: float = 5.0  # provider deadline = matched + max_seconds + this
+    max_open_jobs: int = 10_000
+    max_quotes_per_job: int = 64
+    finished_kept: int = 4096  # finished jobs remembered, to recognise late results
+
+
+# --- commands ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishBid:
+    """Sign with the peer key and gossip on ``/mask/bids/1``."""
+
+    bid: JobBid
+
+
+@dataclass(frozen=True, slots=True)
+class SendAgreement:
+    peer_id: str
+    message: Agreement
+
+
+@dataclass(frozen=True, slots=True)
+class SendCancel:
+    peer_id: str
+    message: Cancel
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutput:
+    """Fetch ``output_cid`` from the provider, check it per ``verify_mode``, and
+    report back with :meth:`RequesterCore.output_verified`."""
+
+    job_id: str
+    peer_id: str
+    output_cid: str
+    verify_mode: str
+
+
+RequesterCommand = (
+    CreateJob | RecordTransition | PublishBid | SendAgreement | SendCancel | FetchOutput
+)
+
+
+# --- the job record ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RequesterJob:
+    """What the core knows about one job. Read it (``explain``); do not mutate it."""
+
+    job_id: str
+    spec: JobSpec
+    spec_cid: str
+    requirements: JobRequirements
+    max_total: int
+    deadline: int
+    submitted_at: float
+    state: JobState = JobState.PENDING
+    bid_seq: int = 0
+    round_opened_at: float = 0.0
+    window_ends: float | None = None
+    rebid_at: float | None = None
+    quotes: dict[str, Quote] = field(default_factory=dict)
+    refusals: dict[str, Refusal] = field(default_factory=dict)
+    excluded: set[str] = field(default_factory=set)
+    offered: AgreementTerms | None = None
+    agreement_deadline: float | None = None
+    provider: str | None = None
+    terms: AgreementTerms | None = None
+    liveness_deadline: float | None = None
+    provider_deadline: float | None = None
+    heartbeat_seq: int = -1
+    usage: UsageReport = UsageReport()
+    output_cid: str | None = None
+    replaced: list[str] = field(default_factory=list)
+    late_results: int = 0
+    error: dict | None = None
+    explanation: dict | None = None
+
+    def timers(self) -> Iterable[float]:
+        if self.state in (JobState.PENDING, JobState.MATCHED, JobState.RUNNING):
+            yield float(self.deadline)
+        for t in (
+            self.window_ends,
+            self.rebid_at,
+            self.agreement_deadline,
+            self.liveness_deadline,
+            self.provider_deadline,
+        ):
+            if t is not None:
+                yield t
+
+
+class RequesterCore:
+    def __init__(
+        self,
+        config: RequesterConfig,
+        keys: MarketKeys,
+        *,
+        offers: Callable[[], Iterable[ResourceOffer]] = tuple,
+    ):
+        """``offers`` reads the offer book (for explanations); it must not do I/O."""
+        self.config = config
+        self._keys = keys
+        self._offers = offers
+        self._jobs: dict[str, RequesterJob] = {}
+        self._finished: OrderedDict[str, RequesterJob] = OrderedDict()
+        self._submitted = 0
+        self.counters: Counter[str] = Counter()
+
+    # --- queries --------------------------------------------------------------
+
+    def job(self, job_id: str) -> RequesterJob | None:
+        return self._jobs.get(job_id) or self._finished.get(job_id)
+
+    def open_jobs(self) -> list[RequesterJob]:
+        return list(self._jobs.values())
+
+    def explain(self, job_id: str, now: float) -> dict:
+        job = self.job(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id}", code="job_not_found")
+        return explain_job(job, self._offers(), now=now)
+
+    def next_deadline(self) -> float | None:
+        return min((t for job in self._jobs.values() for t in job.timers()), default=None)
+
+    # --- local inputs -----------------------------------------------------------
+
+    def submit(
+        self, spec: JobSpec, spec_cid: str, now: float
+    ) -> tuple[str, list[RequesterCommand]]:
+        if len(self._jobs) >= self.config.max_open_jobs:
+            raise JobError(
+                f"{len(self._jobs)} jobs are open, the most is {self.config.max_open_jobs}",
+                code="too_many_jobs",
+                hint="wait for some to finish, or raise the limit in the config",
+            )
+        self._submitted += 1
+        seed = f"{self.config.peer_id}\n{spec_cid}\n{now!r}\n{self._submitted}"
+        job_id = hashlib.sha256(seed.encode()).hexdigest()
+        res = spec.resources
+        job = RequesterJob(
+            job_id=job_id,
+            spec=spec,
+            spec_cid=spec_cid,
+            requirements=JobRequirements(
+                executor=spec.executor,
+                cpu=res.cpu,
+                memory_mb=res.memory_mb,
+                gpu=res.gpu,
+                max_seconds=res.max_seconds,
+                max_fuel=res.max_fuel or 0,
+            ),
+            max_total=spec.price.max_total,
+            deadline=int(now + spec.price.deadline_seconds),
+            submitted_at=now,
+        )
+        self._jobs[job_id] = job
+        stored = {
+            "spec": msgspec.to_builtins(spec),
+            "spec_cid": spec_cid,
+            "deadline": job.deadline,
+            "submitted_at": now,
+        }
+        return job_id, [CreateJob(job_id, ROLE, stored), *self._new_round(job, now)]
+
+    def cancel(self, job_id: str, now: float) -> list[RequesterCommand]:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobError(f"job {job_id} is not active", code="job_not_active")
+        return self._finish(job, JobEvent.CANCELLED, now, stop_provider="cancelled")
+
+    def output_verified(
+        self, job_id: str, ok: bool, detail: str, now: float
+    ) -> list[RequesterCommand]:
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.VERIFYING or job.terms is None:
+            self.counters["stale_verification"] += 1
+            return []
+        if not ok:
+            error = {"code": "verification_failed", "message": detail}
+            return self._finish(job, JobEvent.FAILED, now, error=error)
+        owed = OwedEntry(
+            job.job_id, job.terms.provider_peer, job.terms.provider_account, job.terms.price_total
+        )
+        return self._finish(job, JobEvent.VERIFIED, now, owed=owed)
+
+    def resume(self, row: JobRow, now: float) -> list[RequesterCommand]:
+        """Pick up a job a previous run of the daemon left open (``store.open_jobs``)."""
+        spec = msgspec.convert(row.spec["spec"], JobSpec)
+        res = spec.resources
+        job = RequesterJob(
+            job_id=row.job_id,
+            spec=spec,
+            spec_cid=row.spec["spec_cid"],
+            requirements=JobRequirements(
+                executor=spec.executor,
+                cpu=res.cpu,
+                memory_mb=res.memory_mb,
+                gpu=res.gpu,
+                max_seconds=res.max_seconds,
+                max_fuel=res.max_fuel or 0,
+            ),
+            max_total=spec.price.max_total,
+            deadline=int(row.spec["deadline"]),
+            submitted_at=float(row.spec["submitted_at"]),
+            state=row.state,
+        )
+        self._jobs[job.job_id] = job
+        if row.state is JobState.PENDING or row.agreement is None:
+            return self._new_round(job, now)
+        agreement = msgspec.msgpack.decode(row.agreement, type=Agreement)
+        job.terms, job.provider = agreement.terms, agreement.terms.provider_peer
+        if row.state is JobState.VERIFYING and row.output_cid:
+            job.output_cid = row.output_cid
+            return [FetchOutput(job.job_id, job.provider, row.output_cid, spec.verify.mode)]
+        # matched or running: give the provider one liveness period to show it is still there
+        job.liveness_deadline = now + self._heartbeat_timeout()
+        job.provider_deadline = now + job.requirements.max_seconds + self.config.start_grace_s
+        return []
+
+    # --- peer inputs ------------------------------------------------------------
+
+    def handle_message(
+        self, source: str, message: MarketMessage, now: float
+    ) -> list[RequesterCommand]:
+        """A direct message from ``source`` (the stream's authenticated peer id)."""
+        job_id = message.terms.job_id if isinstance(message, Agreement) else message.job_id
+        job = self._jobs.get(job_id)
+        if isinstance(message, JobResult):
+            return self._on_result(source, message, job, now)
+        if job is None:
+            self.counters[f"unknown_job_{type(message).__name__.lower()}"] += 1
+            return []
+        if isinstance(message, Quote):
+            return self._on_quote(source, message, job, now)
+        if isinstance(message, Refusal):
+            return self._on_refusal(source, message, job, now)
+        if isinstance(message, Agreement):
+            return self._on_countersign(source, message, job, now)
+        if isinstance(message, Heartbeat):
+            return self._on_heartbeat(source, message, job, now)
+        self.counters["unexpected_message"] += 1
+        return []
+
+    def _on_quote(self, source: str, q: Quote, job: RequesterJob, now: float) -> list:
+        if job.state is not JobState.PENDING or q.bid_seq != job.bid_seq:
+            self.counters["stale_quote"] += 1
+            return []
+        if q.peer_id != source or q.identity.peer_id != source:
+            self.counters["quote_source_mismatch"] += 1
+            return []
+        if source in job.excluded or source in job.quotes:
+            self.counters["quote_ignored"] += 1
+            return []
+        if not is_amount(q.price_total) or int(q.price_total) > job.max_total:
+            self.counters["quote_over_budget"] += 1
+            return []
+        if q.valid_until <= now or not verify_identity_record(q.identity):
+            self.counters["quote_invalid"] += 1
+            return []
+        if len(job.quotes) >= self.config.max_quotes_per_job:
+            self.counters["quote_overflow"] += 1
+            return []
+        job.quotes[source] = q
+        job.refusals.pop(source, None)
+        waiting_for_window = job.window_ends is not None
+        if job.offered is None and (
+            not waiting_for_window or len(job.quotes) >= self.config.enough_quotes
+        ):
+            return self._select(job, now)
+        return []
+
+    def _on_refusal(self, source: str, r: Refusal, job: RequesterJob, now: float) -> list:
+        if r.peer_id != source:
+            self.counters["refusal_source_mismatch"] += 1
+            return []
+        if job.offered is not None and job.offered.provider_peer == source:
+            # the provider declined the agreement itself (its quote lapsed, say)
+            job.refusals[source] = r
+            job.quotes.pop(source, None)
+            job.excluded.add(source)
+            job.offered = job.agreement_deadline = None
+            return self._select(job, now)
+        if job.state is JobState.PENDING and r.bid_seq == job.bid_seq:
+            job.refusals[source] = r
+        return []
+
+    def _on_countersign(self, source: str, a: Agreement, job: RequesterJob, now: float) -> list:
+        offered = job.offered
+        if offered is None or source != offered.provider_peer or a.terms != offered:
+            self.counters["unexpected_agreement"] += 1
+            return []
+        if not self._keys.verify_agreement(a.terms, a.provider_signature, offered.provider_account):
+            self.counters["bad_countersign"] += 1
+            job.excluded.add(source)
+            job.offered = job.agreement_deadline = None
+            return self._select(job, now)
+        job.offered = job.agreement_deadline = None
+        job.window_ends = job.rebid_at = None
+        job.provider, job.terms = source, a.terms
+        job.heartbeat_seq = -1
+        job.liveness_deadline = now + self._heartbeat_timeout()
+        job.provider_deadline = now + job.requirements.max_seconds + self.config.start_grace_s
+        return [
+            self._transition(
+                job,
+                JobEvent.MATCHED,
+                provider_peer=source,
+                provider_account=offered.provider_account,
+                price=offered.price_total,
+                agreement=encode_market(a),
+            )
+        ]
+
+    def _on_heartbeat(self, source: str, hb: Heartbeat, job: RequesterJob, now: float) -> list:
+        if source != job.provider or job.state not in _PLACED:
+            self.counters["heartbeat_ignored"] += 1
+            return []
+        if hb.seq <= job.heartbeat_seq:
+            self.counters["heartbeat_stale"] += 1
+            return []
+        job.heartbeat_seq, job.usage = hb.seq, hb.usage
+        job.liveness_deadline = now + self._heartbeat_timeout()
+        if job.state is JobState.MATCHED:
+            return [self._transition(job, JobEvent.STARTED)]
+        return []
+
+    def _on_result(self, source: str, r: JobResult, job: RequesterJob | None, now: float) -> list:
+        if job is None:
+            finished = self._finished.get(r.job_id)
+            if finished is not None and source != finished.provider:
+                finished.late_results += 1
+                self.counters["late_result_ignored"] += 1
+            else:
+                self.counters["unknown_job_jobresult"] += 1
+            return []
+        if source != job.provider or job.state not in _PLACED or job.terms is None:
+            if source in job.replaced:
+                job.late_results += 1
+                self.counters["late_result_ignored"] += 1
+            else:
+                self.counters["result_ignored"] += 1
+            return []
+        if r.peer_id != source or not self._keys.verify_result(r, job.terms.provider_account):
+            self.counters["bad_result_signature"] += 1
+            return self._replace(job, now, reason="bad_result_signature")
+        cmds: list[RequesterCommand] = []
+        if job.state is JobState.MATCHED:
+            cmds.append(self._transition(job, JobEvent.STARTED))
+        job.usage = r.usage
+        job.liveness_deadline = job.provider_deadline = None
+        usage = msgspec.to_builtins(r.usage)
+        if r.error_code:
+            cmds.append(self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage))
+            error = {"code": r.error_code, "message": r.error_message, "exit_code": r.exit_code}
+            return cmds + self._finish(job, JobEvent.FAILED, now, error=error)
+        job.output_cid = r.output_cid
+        cmds.append(
+            self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, output_cid=r.output_cid)
+        )
+        cmds.append(FetchOutput(job.job_id, source, r.output_cid, job.spec.verify.mode))
+        return cmds
+
+    # --- timers -----------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> list[RequesterCommand]:
+        cmds: list[RequesterCommand] = []
+        for job in list(self._jobs.values()):
+            cmds += self._job_timers(job, now)
+        return cmds
+
+    def _job_timers(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
+        if (
+            job.state in (JobState.PENDING, JobState.MATCHED, JobState.RUNNING)
+            and now >= job.deadline
+        ):
+            error = {"code": "deadline_passed", "message": f"not finished by {job.deadline}"}
+            return self._finish(job, JobEvent.FAILED, now, error=error, stop_provider="deadline")
+        if job.state in _PLACED:
+            if job.liveness_deadline is not None and now >= job.liveness_deadline:
+                return self._replace(job, now, reason="heartbeat_timeout")
+            if job.provider_deadline is not None and now >= job.provider_deadline:
+                return self._replace(job, now, reason="provider_deadline_missed")
+            return []
+        if job.state is not JobState.PENDING:
+            return []
+        if job.agreement_deadline is not None and now >= job.agreement_deadline:
+            assert job.offered is not None
+            self.counters["agreement_timeout"] += 1
+            job.excluded.add(job.offered.provider_peer)
+            job.offered = job.agreement_deadline = None
+            return self._select(job, now)
+        if job.window_ends is not None and now >= job.window_ends:
+            return self._select(job, now)
+        if job.rebid_at is not None and now >= job.rebid_at:
+            return self._new_round(job, now)
+        return []
+
+    # --- steps ------------------------------------------------------------------
+
+    def _new_round(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
+        job.bid_seq += 1
+        job.round_opened_at = now
+        job.quotes.clear()
+        job.window_ends = now + self.config.quote_window_s
+        job.rebid_at = None
+        bid = JobBid(
+            job_id=job.job_id,
+            peer_id=self.config.peer_id,
+            identity=self.config.identity,
+            requirements=job.requirements,
+            max_total=str(job.max_total),
+            deadline=job.deadline,
+            spec_cid=job.spec_cid,
+            issued_at=now,
+            expires_at=min(now + self.config.bid_ttl_s, float(job.deadline)),
+            seq=job.bid_seq,
+        )
+        return [PublishBid(bid)]
+
+    def _select(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
+        """Offer the agreement to the best usable quote, or wait for the next round."""
+        job.window_ends = None
+        req = job.requirements
+        candidates = [
+            Candidate(
+                peer_id=peer,
+                price_total=int(q.price_total),
+                reputation=0.0,
+                latency_ms=0.0,
+                capacity=Capacity(q.free_cpu, q.free_memory_mb, q.free_gpu),
+            )
+            for peer, q in job.quotes.items()
+            if peer not in job.excluded and q.valid_until > now
+        ]
+        ranked = rank(
+            Job(job.job_id, Requirements(req.cpu, req.memory_mb, req.gpu), job.max_total),
+            candidates,
+        )
+        if not ranked:
+            job.rebid_at = max(now, job.round_opened_at + self.config.rebid_after_s)
+            return self._new_round(job, now) if job.rebid_at <= now else []
+        best = job.quotes[ranked[0].peer_id]
+        terms = AgreementTerms(
+            job_id=job.job_id,
+            requester_peer=self.config.peer_id,
+            requester_account=self._keys.account,
+            provider_peer=best.peer_id,
+            provider_account=best.identity.account,
+            price_total=best.price_total,
+            cpu=req.cpu,
+            memory_mb=req.memory_mb,
+            gpu=req.gpu,
+            max_seconds=req.max_seconds,
+            max_fuel=req.max_fuel,
+            deadline=job.deadline,
+            spec_cid=job.spec_cid,
+            heartbeat_interval_ms=round(self.config.heartbeat_interval_s * 1000),
+            chain_id=self.config.chain_id,
+            verifying_contract=self.config.verifying_contract,
+        )
+        job.offered = terms
+        job.agreement_deadline = now + self.config.agreement_timeout_s
+        signature = self._keys.sign_agreement(terms)
+        return [SendAgreement(best.peer_id, Agreement(terms=terms, requester_signature=signature))]
+
+    def _replace(self, job: RequesterJob, now: float, *, reason: str) -> list[RequesterCommand]:
+        old = job.provider
+        assert old is not None
+        self.counters[f"replaced_{reason}"] += 1
+        cmds: list[RequesterCommand] = [
+            self._transition(
+                job,
+                JobEvent.PROVIDER_REPLACED,
+                reason=reason,
+                provider_peer=None,
+                provider_account=None,
+                price=None,
+                agreement=None,
+            ),
+            SendCancel(old, Cancel(job_id=job.job_id, peer_id=self.config.peer_id, reason=reason)),
+        ]
+        job.replaced.append(old)
+        job.excluded.add(old)
+        job.quotes.pop(old, None)
+        job.provider = job.terms = None
+        job.liveness_deadline = job.provider_deadline = None
+        return cmds + self._select(job, now)
+
+    def _finish(
+        self,
+        job: RequesterJob,
+        event: JobEvent,
+        now: float,
+        *,
+        error: dict | None = None,
+        owed: OwedEntry | None = None,
+        stop_provider: str | None = None,
+    ) -> list[RequesterCommand]:
+        fields: dict = {}
+        if error is not None:
+            job.error = fields["error"] = error
+        if event is JobEvent.FAILED and job.state is JobState.PENDING:
+            job.explanation = fields["explanation"] = explain_job(job, self._offers(), now=now)
+        cmds: list[RequesterCommand] = [self._transition(job, event, owed=owed, **fields)]
+        me = self.config.peer_id
+        if stop_provider is not None and job.provider is not None:
+            cmds.append(
+                SendCancel(
+                    job.provider, Cancel(job_id=job.job_id, peer_id=me, reason=stop_provider)
+                )
+            )
+        # release the capacity the other quoters hold for us
+        waiting = job.offered.provider_peer if job.offered is not None else None
+        for peer in sorted(set(job.quotes) | ({waiting} if waiting else set())):
+            if peer != job.provider:
+                cmds.append(
+                    SendCancel(peer, Cancel(job_id=job.job_id, peer_id=me, reason="released"))
+                )
+        job.window_ends = job.rebid_at = job.agreement_deadline = job.offered = None
+        job.liveness_deadline = job.provider_deadline = None
+        del self._jobs[job.job_id]
+        self._finished[job.job_id] = job
+        while len(self._finished) > self.config.finished_kept:
+            self._finished.popitem(last=False)
+        return cmds
+
+    def _transition(
+        self,
+        job: RequesterJob,
+        event: JobEvent,
+        *,
+        owed: OwedEntry | None = None,
+        reason: str | None = None,
+        **fields: object,
+    ) -> RecordTransition:
+        """Advance the in-memory state; the shell persists the returned command first."""
+        job.state = transition(job.state, event)
+        return RecordTransition(job.job_id, ROLE, event, fields, owed=owed, reason=reason)
+
+    def _heartbeat_timeout(self) -> float:
+        return self.config.heartbeat_interval_s * self.config.missed_heartbeats
