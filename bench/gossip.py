@@ -9,6 +9,16 @@ the LAST node saw it. Prints one JSON line per N:
   {"bench": "gossip", "nodes": N, "offers": …, "p50_ms": …, "p99_ms": …,
    "cpu_ms_per_node_per_msg": …, "rss_mb_per_node": …, …}
 
+Publishing phase matters. A node republishes every ``interval`` seconds,
+counted from its first offer, with no jitter; nodes started together (as
+``start_devnet`` does) all republish within ~0.5 s of each other, so "1 msg/s
+at 20 nodes" becomes a burst of 20 offers every 20 s, which saturates 2 cores
+and measures queueing, not propagation. By default (``--start staggered``) the
+nodes are therefore started ``interval / N`` seconds apart, so that their
+offers are spread over the interval;
+``--start parallel`` reproduces the burst. ``max_offers_in_1s`` in the output
+shows the publishing pattern actually measured.
+
 Run: .venv/bin/python bench/gossip.py [--nodes 5,10,20] [--seconds 20] [--rate 5]
 """
 
@@ -30,7 +40,14 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from maskd.client import Client  # noqa: E402
-from maskd.devnet import start_devnet, stop_devnet, write_state  # noqa: E402
+from maskd.devnet import (  # noqa: E402
+    DevNode,
+    devnet_config_path,
+    start_devnet,
+    stop_devnet,
+    wait_full_view,
+    write_state,
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -39,6 +56,48 @@ def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     k = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
     return values[k]
+
+
+def start_staggered(n: int, root: Path, env: dict, interval: float, timeout: float) -> list:
+    """Start nodes one slot (``interval / n`` seconds) apart, so that their
+    republish timers are spread over the interval.
+
+    A node publishes its first offer when it has started and then every
+    ``interval`` seconds. Starting node k at k slots after node 0 (without
+    waiting for node k-1) makes the ready times, hence the phases, roughly
+    one slot apart: start-up takes about as long for each node.
+    """
+    config = devnet_config_path()
+    slot = interval / n
+    nodes: list[DevNode] = []
+    try:
+        first = DevNode(root / "node0", config=config, env=env).start()
+        nodes.append(first)
+        first.wait_ready(timeout)
+        boot = [first.addrs[0]]
+        t0 = time.monotonic()
+        for i in range(1, n):
+            time.sleep(max(0.0, t0 + i * slot - time.monotonic()))
+            node = DevNode(root / f"node{i}", config=config, bootstrap=boot, env=env)
+            nodes.append(node.start())
+        for node in nodes[1:]:
+            node.wait_ready(timeout)
+        wait_full_view(nodes, timeout)
+        return nodes
+    except BaseException:
+        for node in nodes:
+            node.kill()
+        raise
+
+
+def max_in_window(times: list[float], width: float) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= width:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
 
 
 def watch(node, seen: dict, lock: threading.Lock, stop: threading.Event) -> None:
@@ -62,7 +121,7 @@ def watch(node, seen: dict, lock: threading.Lock, stop: threading.Event) -> None
             raise
 
 
-def run(n: int, seconds: float, rate: float) -> dict:
+def run(n: int, seconds: float, rate: float, start: str = "staggered") -> dict:
     root = Path(tempfile.mkdtemp(prefix="mkb", dir="/tmp"))
     interval = max(0.2, n / rate)
     env = {
@@ -78,7 +137,10 @@ def run(n: int, seconds: float, rate: float) -> dict:
         "MASK_P2P_REDIAL_INTERVAL_S": "5",
     }
     t0 = time.monotonic()
-    nodes = start_devnet(n, root, env=env, timeout=180)
+    if start == "staggered":
+        nodes = start_staggered(n, root, env, interval, timeout=180)
+    else:
+        nodes = start_devnet(n, root, env=env, timeout=180)
     write_state(root, nodes)
     startup_s = time.monotonic() - t0
     try:
@@ -118,7 +180,9 @@ def run(n: int, seconds: float, rate: float) -> dict:
             "nodes": n,
             "seconds": seconds,
             "rate_target_msg_s": rate,
+            "start": start,
             "offers": msgs,
+            "max_offers_in_1s": max_in_window([v["issued_at"] for v in window.values()], 1.0),
             "fully_propagated": len(full),
             "not_seen_by_all": partial,
             "p50_ms": round(percentile(full, 0.50), 1),
@@ -150,11 +214,18 @@ def main() -> None:
         default=0.5,
         help="a second, slower run per N; the CPU difference per extra message is the marginal cost (0: skip)",
     )
+    ap.add_argument(
+        "--start",
+        choices=("staggered", "parallel"),
+        default="staggered",
+        help="staggered: spread the nodes' republish phases evenly (see above); "
+        "parallel: start_devnet's simultaneous start, whose republishes come in bursts",
+    )
     args = ap.parse_args()
     for n in [int(x) for x in args.nodes.split(",")]:
-        result = run(n, args.seconds, args.rate)
+        result = run(n, args.seconds, args.rate, args.start)
         if args.baseline_rate > 0:
-            base = run(n, args.seconds, args.baseline_rate)
+            base = run(n, args.seconds, args.baseline_rate, args.start)
             extra = result["offers"] - base["offers"]
             if extra > 0:
                 result["marginal_cpu_ms_per_node_per_msg"] = round(

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from p2p.validation import GossipValidator, Outcome, ValidationLimits
 from protocol.blocks import BLOCKS_PROTOCOL
 from protocol.codec import encode
 from protocol.identity import sign_gossip
-from protocol.messages import OFFERS_TOPIC, Gpu, OfferWithdrawal, Prices, ResourceOffer
+from protocol.messages import BIDS_TOPIC, OFFERS_TOPIC, Gpu, OfferWithdrawal, Prices, ResourceOffer
 from scheduler.offer_book import OfferAdded, OfferBook, OfferEvent, OfferRemoved, OfferUpdated
 from storage.service import StorageService
 from worker.capacity import Capacity, measure
@@ -72,10 +73,12 @@ class Node:
         *,
         clock: Callable[[], float] = time.time,
         measure_capacity: Callable[[], Capacity] | None = None,
+        rng: random.Random | None = None,
     ):
         self.config = config
         self.identity = identity
         self.clock = clock
+        self.rng = rng or random.Random()
         self.started_at = clock()
         self.events = EventBus()
         self.book = OfferBook()
@@ -92,7 +95,7 @@ class Node:
                 gossip_accepted=self._gossip_accepted,
             ),
             clock=clock,
-            topics={OFFERS_TOPIC: "offers"},
+            topics={OFFERS_TOPIC: "offers", BIDS_TOPIC: "bids"},
         )
         self.offer_id = hashlib.sha256(
             f"{identity.peer_id}:{self.started_at}:{os.getpid()}".encode()
@@ -119,6 +122,10 @@ class Node:
             clock=clock,
         )
         self.mesh.set_stream_handler(BLOCKS_PROTOCOL, self.storage.handle_stream)
+        from maskd.jobs import Jobs
+
+        self.jobs = Jobs(self)
+        self.mesh.topic_validators["bids"] = self.jobs.validate_bid
 
     @property
     def sells(self) -> bool:
@@ -140,6 +147,7 @@ class Node:
             await nursery.start(server.serve)
             await nursery.start(self.mesh.run)
             await nursery.start(self.storage.run)
+            await nursery.start(self.jobs.run)
             nursery.start_soon(self._expiry_loop)
             if self.sells:
                 nursery.start_soon(self._offer_loop)
@@ -231,6 +239,16 @@ class Node:
             self._emit(self.book.expire(self.clock()))
 
     # -------------------------------------------------------------- offers
+    def initial_capacity(self) -> Capacity:
+        """Measured once at start (the market's capacity); the offer loop re-measures."""
+        if self._capacity is None:
+            try:
+                self._capacity = self._measure()
+            except Exception as exc:
+                log.warning("measuring capacity failed: %s", exc)
+                return Capacity(cpu=0, memory_mb=0, disk_mb=0, gpus=())
+        return self._capacity
+
     def _measure_default(self) -> Capacity:
         o = self.config.offers
         return measure(
@@ -279,9 +297,13 @@ class Node:
         o = self.config.offers
         last_publish = -1e18
         last_check = -1e18
+        # ±10 % jitter: nodes started together (a fleet restart, a devnet) must
+        # not republish in lock-step; bursts of offers saturate small machines
+        # (docs/BENCHMARKS.md).
+        interval = o.republish_interval_s
         while True:
             now = self.clock()
-            republish = now - last_publish >= o.republish_interval_s
+            republish = now - last_publish >= interval
             if now - last_check >= o.capacity_check_interval_s or self._capacity is None:
                 last_check = now
                 try:
@@ -298,7 +320,8 @@ class Node:
             if republish:
                 await self._publish_offer()
                 last_publish = self.clock()
-            with trio.move_on_after(min(o.republish_interval_s, o.capacity_check_interval_s) / 2):
+                interval = o.republish_interval_s * (0.9 + 0.2 * self.rng.random())
+            with trio.move_on_after(min(interval, o.capacity_check_interval_s) / 2):
                 await self._republish_now.wait()
                 self._republish_now = trio.Event()
 
@@ -387,6 +410,7 @@ class Node:
             "v1.peers.list": peers,
             "v1.offers.list": offers,
             **self.storage.rpc_methods(),
+            **self.jobs.rpc_methods(),
         }
 
     def rpc_streams(self):

@@ -234,6 +234,9 @@ class Mesh:
         self.dht = None
         self.addrs: list[str] = []
         self.started = trio.Event()
+        # kind -> fn(data, source, now) -> (verdict, reason), for topics the
+        # offer pipeline does not own (the market's bids)
+        self.topic_validators: dict[str, Callable[[bytes, str, float], tuple[str, str]]] = {}
         # accepted-by-validator outcomes awaiting delivery, keyed by (from, seqno)
         self._pending: dict[tuple[bytes, bytes], Outcome] = {}
 
@@ -419,6 +422,16 @@ class Mesh:
             return True
         now = self.clock()
         source = ID(msg.from_id).to_base58()
+        other = self.topic_validators.get(kind)
+        if other is not None:  # e.g. bids: validated (and consumed) by the market
+            verdict, reason = other(msg.data, source, now)
+            if verdict == "accept":
+                return True
+            self.validator.drops[f"{kind}_{reason}"] += 1
+            fwd = forwarder.to_base58()
+            if verdict == "reject" and fwd != self.peer_id.to_base58():
+                self._penalise(fwd, reason)
+            return False
         outcome = self.validator.validate(msg.data, source=source, topic_kind=kind, now=now)
         if outcome.verdict is Verdict.ACCEPT:
             self._pending[(msg.from_id, msg.seqno)] = outcome
