@@ -21,6 +21,7 @@ wrote), ``stdout.log``, ``stderr.log``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -108,8 +109,9 @@ class StorageOutputs:
 
 
 class WasmWorker:
-    def __init__(self, storage, work_dir: Path):
+    def __init__(self, storage, work_dir: Path, import_lock: trio.Lock):
         self.storage = storage
+        self.import_lock = import_lock
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         from worker.wasm import WasmRuntime
@@ -173,6 +175,11 @@ class WasmWorker:
             if path and Path(path).exists():
                 shutil.copyfile(path, logs / name)
         u = result.usage
+        error_code = result.error.code if result.error else ""
+        error_message = result.error.message if result.error else ""
+        if not error_code and result.exit_code not in (0, None):
+            error_code = "nonzero_exit"
+            error_message = f"the program exited with code {result.exit_code} (see its stderr)"
         return pv.ExecutionOutcome(
             exit_code=result.exit_code,
             usage=UsageReport(
@@ -183,15 +190,16 @@ class WasmWorker:
             ),
             stdout_sha256=_sha256(result.stdout_path),
             stderr_sha256=_sha256(result.stderr_path),
-            error_code=result.error.code if result.error else "",
-            error_message=result.error.message if result.error else "",
+            error_code=error_code,
+            error_message=error_message,
         )
 
     async def store_output(self, job_id: str) -> str:
         result = self._dir(job_id) / "result"
-        imported = await trio.to_thread.run_sync(
-            lambda: self.storage.store.add_path(str(result), pin=True)
-        )
+        async with self.import_lock:
+            imported = await trio.to_thread.run_sync(
+                lambda: self.storage.store.add_path(str(result), pin=True)
+            )
         return imported.cid
 
 
@@ -260,6 +268,7 @@ class Jobs:
         async_store = NotifyingStore(self.store, node.events.publish)
         keys = AccountKeys(ident.account_key)
         transport = MarketTransport(node.mesh)
+        self._import_lock = trio.Lock()
         self.requester = RequesterService(
             RequesterCore(
                 RequesterConfig(peer_id=ident.peer_id, identity=ident.record),
@@ -296,7 +305,7 @@ class Jobs:
                 ),
                 store=async_store,
                 transport=transport,
-                worker=WasmWorker(node.storage, self.dir / "work"),
+                worker=WasmWorker(node.storage, self.dir / "work", self._import_lock),
                 clock=time.time,
             )
         node.mesh.set_stream_handler(MARKET_PROTOCOL, self.handle_market_stream)
@@ -371,6 +380,15 @@ class Jobs:
             "v1.jobs.explain": self.explain,
             "v1.jobs.result": self.result,
             "v1.jobs.logs": self.logs,
+            "v1.jobs.owed": self.owed,
+        }
+
+    async def owed(self, params: dict) -> dict:
+        """What this node owes providers for completed jobs (settled by the ledger, later)."""
+        entries = await trio.to_thread.run_sync(self.store.owed)
+        return {
+            "entries": [dataclasses.asdict(e) for e in entries],
+            "totals": await trio.to_thread.run_sync(self.store.owed_totals),
         }
 
     async def submit(self, params: dict) -> dict:
@@ -380,9 +398,13 @@ class Jobs:
         spec = await trio.to_thread.run_sync(load_spec, path)
         bundle = await self._bundle(spec)
         try:
-            imported = await trio.to_thread.run_sync(
-                lambda: self.node.storage.store.add_path(str(bundle), pin=True)
-            )
+            # One import at a time: identical bundles imported concurrently
+            # raced in the block store (pin saw a root another thread was
+            # still writing).
+            async with self._import_lock:
+                imported = await trio.to_thread.run_sync(
+                    lambda: self.node.storage.store.add_path(str(bundle), pin=True)
+                )
         finally:
             await trio.to_thread.run_sync(shutil.rmtree, bundle, True)
         job_id = await self.requester.submit(spec, imported.cid)
