@@ -25,6 +25,9 @@ __all__ = [
     "format_latency",
     "format_score",
     "format_price",
+    "format_wall_ms",
+    "JOB_STATE_STYLES",
+    "job_state_style",
     "gpus_summary",
     "offer_summary",
     "first_addr",
@@ -102,6 +105,32 @@ def format_price(base_units: Any) -> str:
         return DASH
     text = format(value.normalize(), "f")
     return text
+
+
+def format_wall_ms(ms: Any) -> str:
+    """Milliseconds of run time: ``420 ms``, ``12.3 s``, then ``5m 3s`` and up."""
+    if not isinstance(ms, int | float) or isinstance(ms, bool) or ms < 0:
+        return DASH
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    return format_duration(ms / 1000)
+
+
+# Job states people should notice: in flight (yellow), done (green), ended badly (red).
+JOB_STATE_STYLES: Mapping[str, str] = {
+    "running": "yellow",
+    "verifying": "yellow",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "red",
+}
+
+
+def job_state_style(state: Any) -> str:
+    """A Rich style for a job state; "" (plain) for pending, matched and unknown states."""
+    return JOB_STATE_STYLES.get(str(state), "")
 
 
 def gpus_summary(gpus: Any) -> str:

@@ -81,7 +81,7 @@ class RequesterConfig:
     quote_window_s: float = 0.5  # collect quotes this long before choosing
     enough_quotes: int = 3  # ... or choose as soon as this many arrived
     bid_ttl_s: float = 30.0
-    rebid_after_s: float = 5.0  # a round with no usable quote is repeated after this
+    rebid_after_s: float = 1.0  # a round with no usable quote is repeated after this
     agreement_timeout_s: float = 5.0  # countersign or be skipped
     heartbeat_interval_s: float = 1.0  # asked of the provider in the agreement
     missed_heartbeats: int = 3  # this many missed intervals and the provider is replaced
@@ -391,7 +391,16 @@ class RequesterCore:
         job.heartbeat_seq = -1
         job.liveness_deadline = now + self._heartbeat_timeout()
         job.provider_deadline = now + job.requirements.max_seconds + self.config.start_grace_s
-        return [
+        # Release the runners-up now rather than at the end: their reserved
+        # capacity is what the next jobs need. A failover bids afresh.
+        me = self.config.peer_id
+        released = [
+            SendCancel(peer, Cancel(job_id=job.job_id, peer_id=me, reason="released"))
+            for peer in sorted(job.quotes)
+            if peer != source
+        ]
+        job.quotes = {source: job.quotes[source]} if source in job.quotes else {}
+        return released + [
             self._transition(
                 job,
                 JobEvent.MATCHED,

@@ -1,14 +1,21 @@
-"""``mask top``: a live view of this node, its peers and the offer book.
+"""``mask top``: a live view of this node, its peers, the offer book and its jobs.
 
 How it stays live: one background worker owns the daemon session. It
 connects (through an injected client factory), opens ``v1.watch``, loads a
-snapshot (node info, peers, offers), then applies watch events as they come
+snapshot (node info, peers, offers, jobs), then applies watch events as they come
 and re-reads the snapshot every ``refresh_interval`` seconds. The periodic
 re-read is not redundant: the daemon may drop events for a slow watcher
 (its queues are bounded) and latency/score change without events, so
 snapshots reconcile whatever the events missed. When the daemon goes away the
 worker shows a banner and reconnects with capped exponential backoff; on
 success it reloads everything and hides the banner.
+
+Jobs: a ``job.state`` event changes its row's state in place. An event for a
+job the table does not have yet (a new one) asks for ``v1.jobs.list`` again;
+that reload is debounced (at most one per ``refresh_interval``, on top of the
+periodic one), so a burst of new jobs costs one call. A daemon from before
+jobs answers ``v1.jobs.list`` with -32601: the jobs table is hidden and not
+asked for again until the next connect (the daemon may have been upgraded).
 
 State flows one way: the worker calls the ``apply_*`` methods, which are
 synchronous and only touch widgets (Textual's "attributes down").
@@ -30,9 +37,19 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Static
 
 from maskd import render
+from maskd.rpc import METHOD_NOT_FOUND
 from maskd.tui.client import ClientFactory, TopClient
-from maskd.tui.widgets import OffersTable, PeersTable, offer_row, peer_row
-from protocol.errors import DaemonUnavailable, MaskError
+from maskd.tui.widgets import (
+    JobsTable,
+    OffersTable,
+    PeersTable,
+    job_key,
+    job_row,
+    job_sort_key,
+    offer_row,
+    peer_row,
+)
+from protocol.errors import DaemonUnavailable, MaskError, RpcError
 
 __all__ = ["TopApp"]
 
@@ -42,7 +59,7 @@ RETRY_CAP_S = 2.0
 
 
 class TopApp(App[None]):
-    """Peers and offers, live. Takes a client factory so tests can fake the daemon."""
+    """Peers, offers and jobs, live. Takes a client factory so tests can fake the daemon."""
 
     CSS_PATH = "top.tcss"
     TITLE = "mask top"
@@ -66,7 +83,12 @@ class TopApp(App[None]):
         self.retry_cap = retry_cap
         self._clock = clock
         self._offers: dict[str, dict[str, Any]] = {}
+        self._jobs: dict[str, dict[str, Any]] = {}
         self._refresh_now = asyncio.Event()
+        # Set by an event for a job we have not listed; the jobs reloader clears it.
+        self._jobs_stale = asyncio.Event()
+        # False once this connection's daemon said it has no v1.jobs.list.
+        self.jobs_supported = True
         # How many snapshots have been loaded (tests and the status line use it).
         self.loads = 0
         self.connected = False
@@ -77,7 +99,7 @@ class TopApp(App[None]):
         with Vertical(id="tables"):
             yield PeersTable(id="peers")
             yield OffersTable(id="offers")
-            # A later issue adds a JobsTable here, fed by v1.jobs.list and job.* events.
+            yield JobsTable(id="jobs")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -110,11 +132,13 @@ class TopApp(App[None]):
             delay = min(delay * 2, self.retry_cap)
 
     async def _follow(self, client: TopClient) -> None:
+        self.jobs_supported = True  # a new connection may be to a newer daemon
         events = client.watch()
         await self._load(client)
         followers = [
             asyncio.create_task(self._apply_events(events)),
             asyncio.create_task(self._refresh_loop(client)),
+            asyncio.create_task(self._jobs_reload_loop(client)),
         ]
         try:
             done, _ = await asyncio.wait(followers, return_when=asyncio.FIRST_COMPLETED)
@@ -131,10 +155,28 @@ class TopApp(App[None]):
         info = await client.node_info()
         peers = await client.peers()
         offers = await client.offers()
+        jobs = await self._fetch_jobs(client)
         self.apply_snapshot(info, peers, offers)
+        self.apply_jobs(jobs)
         self.loads += 1
         self.connected = True
         self.query_one("#banner", Static).display = False
+
+    async def _fetch_jobs(self, client: TopClient) -> list[dict[str, Any]] | None:
+        """The job list, or None when this daemon has no jobs (v1.jobs.list unknown)."""
+        # Cleared before the call: an unknown job's event that arrives while
+        # it is in flight may not be in its answer, so it asks again.
+        self._jobs_stale.clear()
+        if not self.jobs_supported:
+            return None
+        try:
+            jobs = await client.jobs()
+        except RpcError as exc:
+            if exc.rpc_code != METHOD_NOT_FOUND:
+                raise
+            self.jobs_supported = False
+            return None
+        return [job for job in jobs if isinstance(job, Mapping)] if isinstance(jobs, list) else []
 
     async def _apply_events(self, events: AsyncIterator[dict[str, Any]]) -> None:
         async for event in events:
@@ -148,6 +190,13 @@ class TopApp(App[None]):
                     await self._refresh_now.wait()
             self._refresh_now.clear()
             await self._load(client)
+
+    async def _jobs_reload_loop(self, client: TopClient) -> None:
+        """Reload jobs when an event names one we lack; then rest a refresh interval."""
+        while True:
+            await self._jobs_stale.wait()
+            self.apply_jobs(await self._fetch_jobs(client))
+            await asyncio.sleep(self.refresh_interval)
 
     # -- state → widgets (synchronous) --
 
@@ -177,6 +226,42 @@ class TopApp(App[None]):
             (key, offer_row(offer, now)) for key, offer in self._offers.items()
         )
 
+    def apply_jobs(self, jobs: list[dict[str, Any]] | None) -> None:
+        """Show ``jobs`` newest first; None (a daemon without jobs) hides the table."""
+        table = self.query_one(JobsTable)
+        if jobs is None:
+            self._jobs = {}
+            table.reconcile(())
+            table.display = False
+            return
+        ordered = sorted((job for job in jobs if job.get("job_id")), key=job_sort_key, reverse=True)
+        self._jobs = {job_key(job["job_id"], job.get("role")): dict(job) for job in ordered}
+        table.reconcile((key, job_row(job)) for key, job in self._jobs.items())
+        table.display = True
+
+    def apply_job_state(self, event: Mapping[str, Any]) -> None:
+        """One ``job.state``: its row's state changes in place; an unknown job reloads."""
+        job_id = event.get("job_id")
+        state = event.get("state")
+        if not job_id or not isinstance(state, str) or not self.jobs_supported:
+            return
+        role = event.get("role")
+        if role:
+            key = job_key(job_id, role)
+            keys = [key] if key in self._jobs else []
+        else:  # no role given: every row of that job
+            keys = [k for k, job in self._jobs.items() if job.get("job_id") == job_id]
+        if not keys:
+            self._jobs_stale.set()
+            return
+        table = self.query_one(JobsTable)
+        for key in keys:
+            job = self._jobs[key]
+            job["state"] = state
+            if isinstance(event.get("ts"), int | float):
+                job["updated_at"] = event["ts"]
+            table.upsert(key, job_row(job))
+
     def apply_node_info(self, info: Mapping[str, Any]) -> None:
         parts = [
             f"node {info.get('peer_id') or render.DASH}",
@@ -191,7 +276,7 @@ class TopApp(App[None]):
         self.query_one("#node", Static).update(" · ".join(parts))
 
     def apply_event(self, event: Mapping[str, Any]) -> None:
-        """One ``v1.event``; unknown types (``job.*`` for now) are ignored."""
+        """One ``v1.event``; unknown types are ignored."""
         kind = event.get("type")
         if kind == "peer.joined":
             peer = event.get("peer") if isinstance(event.get("peer"), Mapping) else {}
@@ -215,6 +300,8 @@ class TopApp(App[None]):
             if offer_id:
                 self._offers.pop(str(offer_id), None)
                 self.query_one(OffersTable).remove(str(offer_id))
+        elif kind == "job.state":
+            self.apply_job_state(event)
         elif kind == "node.info":
             info = event.get("node") or event.get("info")
             if isinstance(info, Mapping):

@@ -35,6 +35,10 @@ class TopClient(Protocol):
 
     async def offers(self) -> list[dict[str, Any]]: ...
 
+    async def jobs(self) -> list[dict[str, Any]]:
+        """``v1.jobs.list``. A daemon older than jobs answers -32601 (method not found)."""
+        ...
+
     def watch(self) -> AsyncIterator[dict[str, Any]]:
         """Event params (``{"type": ..., ...}``) until the daemon goes away."""
         ...
@@ -153,6 +157,9 @@ class AsyncioRpcClient:
 
     async def offers(self) -> list[dict[str, Any]]:
         return await self.call("v1.offers.list")
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        return await self.call("v1.jobs.list")
 
     async def watch(self, params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
         conn = await _Connection.open(self.socket_path)

@@ -1,10 +1,12 @@
 """A fake daemon for ``mask top`` tests (public, like httpcore's mock backends).
 
-``FakeTopClient`` holds node info, peers and offers, and plays both roles the
-app needs: its ``connect`` is the client factory and the object it returns is
-the client. Tests change state and push events (``add_offer``,
-``remove_peer``, ``push_event``) and take the daemon away and back
-(``disconnect``, ``reconnect``); the app cannot tell it from a socket.
+``FakeTopClient`` holds node info, peers, offers and jobs, and plays both
+roles the app needs: its ``connect`` is the client factory and the object it
+returns is the client. Tests change state and push events (``add_offer``,
+``remove_peer``, ``add_job``, ``update_job``, ``push_event``) and take the
+daemon away and back (``disconnect``, ``reconnect``); the app cannot tell it
+from a socket. ``FakeTopClient(..., jobs=None)`` is a daemon from before jobs:
+``jobs()`` answers -32601 like an RpcServer that lacks the method.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from protocol.errors import DaemonUnavailable
+from maskd.rpc import METHOD_NOT_FOUND
+from protocol.errors import DaemonUnavailable, RpcError
 
 __all__ = ["FakeTopClient"]
 
@@ -28,6 +31,7 @@ class FakeTopClient:
         info: dict[str, Any] | None = None,
         peers: Iterable[dict[str, Any]] = (),
         offers: Iterable[dict[str, Any]] = (),
+        jobs: Iterable[dict[str, Any]] | None = (),
         *,
         socket_path: str = "/fake/maskd.sock",
     ) -> None:
@@ -35,6 +39,12 @@ class FakeTopClient:
         self.info: dict[str, Any] = dict(info or {"peer_id": "12D3KooWFakeNode", "peers": 0})
         self.peer_state: dict[str, dict[str, Any]] = {p["peer_id"]: dict(p) for p in peers}
         self.offer_state: dict[str, dict[str, Any]] = {o["offer_id"]: dict(o) for o in offers}
+        # Keyed by (job_id, role), like the daemon's job store.
+        self.job_state: dict[tuple[str, str], dict[str, Any]] = {
+            (j["job_id"], j["role"]): dict(j) for j in jobs or ()
+        }
+        self.supports_jobs = jobs is not None
+        self.job_calls = 0  # v1.jobs.list calls, answered or refused
         self.up = True
         self.connects = 0  # successful connects
         self._watchers: list[asyncio.Queue[Any]] = []
@@ -57,6 +67,15 @@ class FakeTopClient:
     async def offers(self) -> list[dict[str, Any]]:
         self._check_up()
         return [dict(o) for o in self.offer_state.values()]
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        self._check_up()
+        self.job_calls += 1
+        if not self.supports_jobs:
+            raise RpcError(
+                "Method not found: v1.jobs.list", rpc_code=METHOD_NOT_FOUND, code="method_not_found"
+            )
+        return [dict(j) for j in self.job_state.values()]
 
     def watch(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribes at once (not at first iteration), like a real subscription."""
@@ -107,6 +126,32 @@ class FakeTopClient:
     def remove_offer(self, offer_id: str, *, kind: str = "offer.withdrawn") -> None:
         offer = self.offer_state.pop(offer_id, {"offer_id": offer_id})
         self.push_event({"type": kind, "peer_id": offer.get("peer_id"), "offer": offer})
+
+    def add_job(self, job: dict[str, Any], *, event: bool = True) -> None:
+        """A new job (or a replaced one); the daemon announces it with ``job.state``."""
+        self.job_state[(job["job_id"], job["role"])] = dict(job)
+        if event:
+            self._job_event(self.job_state[(job["job_id"], job["role"])])
+
+    def update_job(
+        self, job_id: str, role: str = "requester", *, event: bool = True, **changes: Any
+    ) -> None:
+        """Change fields of a job; ``job.state`` goes out (as the daemon's does) on each change."""
+        job = self.job_state[(job_id, role)]
+        job.update(changes)
+        if event:
+            self._job_event(job)
+
+    def _job_event(self, job: dict[str, Any]) -> None:
+        self.push_event(
+            {
+                "type": "job.state",
+                "job_id": job["job_id"],
+                "role": job["role"],
+                "state": job.get("state"),
+                "ts": job.get("updated_at"),
+            }
+        )
 
     def disconnect(self) -> None:
         """The daemon dies: open watches fail, calls and connects are refused."""

@@ -1,9 +1,14 @@
 """Tables keyed by id, so live updates change rows in place.
 
 A ``KeyedTable`` is a ``DataTable`` whose rows are addressed by a stable key
-(peer id, offer id): events upsert or remove one row, snapshots reconcile the
-whole table, and the cursor and scroll position survive both. Rows are built
-from daemon dicts by pure functions, so formatting is tested without an app.
+(peer id, offer id, role/job id): events upsert or remove one row, snapshots
+reconcile the whole table, and the cursor and scroll position survive both.
+Rows are built from daemon dicts by pure functions, so formatting is tested
+without an app.
+
+Job cells are ``rich.text.Text`` rather than ``str``: a DataTable reads ``str``
+cells as markup, and a job's name or error code comes from whoever submitted
+it (``[/x]`` would break rendering); ``Text`` also carries the state's colour.
 """
 
 from __future__ import annotations
@@ -11,11 +16,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
 from maskd import render
 
-__all__ = ["KeyedTable", "PeersTable", "OffersTable", "peer_row", "offer_row"]
+__all__ = [
+    "KeyedTable",
+    "PeersTable",
+    "OffersTable",
+    "JobsTable",
+    "peer_row",
+    "offer_row",
+    "job_key",
+    "job_row",
+    "job_sort_key",
+]
+
+# A cell: plain text (may hold markup we wrote) or Text (shown as is).
+Cell = str | Text
 
 
 def peer_row(peer: Mapping[str, Any]) -> dict[str, str]:
@@ -48,12 +68,43 @@ def offer_row(offer: Mapping[str, Any], now: float) -> dict[str, str]:
     }
 
 
+def job_key(job_id: Any, role: Any) -> str:
+    """Jobs are keyed by role too: a node may both request and run the same job."""
+    return f"{role}/{job_id}"
+
+
+def job_sort_key(job: Mapping[str, Any]) -> tuple[float, str]:
+    """Sorts oldest first; the jobs table shows the reverse (newest first)."""
+    created = job.get("created_at")
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        created = 0.0
+    return (float(created), job_key(job.get("job_id"), job.get("role")))
+
+
+def job_row(job: Mapping[str, Any]) -> dict[str, Cell]:
+    usage = job.get("usage") if isinstance(job.get("usage"), Mapping) else {}
+    error = job.get("error") if isinstance(job.get("error"), Mapping) else {}
+    state = job.get("state")
+    return {
+        "job": Text(render.short_id(job.get("job_id"))),
+        "role": Text(str(job.get("role") or render.DASH)),
+        "name": Text(str(job.get("name") or render.DASH)),
+        "state": Text(str(state or render.DASH), style=render.job_state_style(state)),
+        "provider": Text(render.short_id(job.get("provider"))),
+        "price": Text(render.format_price(job.get("price"))),
+        "wall": Text(render.format_wall_ms(usage.get("wall_ms"))),
+        "error": Text(str(error.get("code") or render.DASH)),
+    }
+
+
 class KeyedTable(DataTable):
     """A DataTable addressed by row key; subclasses declare ``COLUMNS``."""
 
     # (column key, label)
     COLUMNS: Sequence[tuple[str, str]] = ()
     NOUN = "row"
+    # Reconcile keeps the order of the rows it is given (JobsTable: newest first).
+    ORDERED = False
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -63,9 +114,10 @@ class KeyedTable(DataTable):
         self._update_title()
 
     def keys(self) -> list[str]:
-        return [str(key.value) for key in self.rows]
+        """Row keys in the order they are shown."""
+        return [str(row.key.value) for row in self.ordered_rows]
 
-    def upsert(self, key: str, cells: Mapping[str, str]) -> None:
+    def upsert(self, key: str, cells: Mapping[str, Cell]) -> None:
         """Add the row, or change only the cells that differ."""
         if key in self.rows:
             for column, value in cells.items():
@@ -82,14 +134,37 @@ class KeyedTable(DataTable):
         self._update_title()
         return True
 
-    def reconcile(self, rows: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-        """Make the table show exactly ``rows``, touching only what changed."""
+    def reconcile(self, rows: Iterable[tuple[str, Mapping[str, Cell]]]) -> None:
+        """Make the table show exactly ``rows``, touching only what changed.
+
+        New rows go at the end, unless the table is ``ORDERED``: then the rows
+        are shown in the order given, and the cursor stays on its row.
+        """
         wanted = dict(rows)
         for key in self.keys():
             if key not in wanted:
                 self.remove(key)
         for key, cells in wanted.items():
             self.upsert(key, cells)
+        if self.ORDERED and self.keys() != list(wanted):
+            self._rebuild(list(wanted))
+
+    def _rebuild(self, order: list[str]) -> None:
+        # DataTable can only append rows, so a row that belongs above others
+        # (a new job, newest first) means adding them all again, in order. It
+        # happens when a row appears, not when cells change.
+        cells = {key: self.get_row(key) for key in order}
+        selected: str | None = None
+        if self.row_count:
+            try:
+                selected = str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+            except CellDoesNotExist:
+                selected = None
+        self.clear()
+        for key in order:
+            self.add_row(*cells[key], key=key)
+        if selected is not None and selected in self.rows:
+            self.move_cursor(row=self.get_row_index(selected))
 
     def _update_title(self) -> None:
         count = self.row_count
@@ -120,3 +195,18 @@ class OffersTable(KeyedTable):
         ("expires", "expires in"),
     )
     NOUN = "offer"
+
+
+class JobsTable(KeyedTable):
+    COLUMNS = (
+        ("job", "job"),
+        ("role", "role"),
+        ("name", "name"),
+        ("state", "state"),
+        ("provider", "provider"),
+        ("price", "MASK"),
+        ("wall", "wall time"),
+        ("error", "error"),
+    )
+    NOUN = "job"
+    ORDERED = True

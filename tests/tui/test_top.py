@@ -8,9 +8,10 @@ from collections.abc import Callable
 import pytest
 from textual.widgets import Static
 
+from maskd import render
 from maskd.tui import TopApp
 from maskd.tui.testing import FakeTopClient
-from maskd.tui.widgets import OffersTable, PeersTable
+from maskd.tui.widgets import JobsTable, OffersTable, PeersTable, job_key, job_row
 
 NOW = 1_700_000_000.0
 WAIT_S = 5
@@ -44,6 +45,28 @@ def offer(n: int, **extra) -> dict:
     }
 
 
+def job(n: int, **extra) -> dict:
+    return {
+        "job_id": f"{n:04d}" + "ab" * 30,
+        "role": "requester",
+        "name": f"job-{n}",
+        "state": "pending",
+        "provider": None,
+        "provider_account": None,
+        "price": None,
+        "usage": None,
+        "output_cid": None,
+        "error": None,
+        "created_at": NOW - 1000 + n,  # higher n: newer
+        "updated_at": NOW - 1000 + n,
+        **extra,
+    }
+
+
+def key(j: dict) -> str:
+    return job_key(j["job_id"], j["role"])
+
+
 def make_app(fake: FakeTopClient, *, refresh_interval: float = 3600.0) -> TopApp:
     # A long refresh interval, so row changes in these tests come from events.
     return TopApp(
@@ -68,6 +91,18 @@ def peers_table(app) -> PeersTable:
 
 def offers_table(app) -> OffersTable:
     return app.query_one(OffersTable)
+
+
+def jobs_table(app) -> JobsTable:
+    return app.query_one(JobsTable)
+
+
+def job_cells(app, j: dict) -> list[str]:
+    return [str(cell) for cell in jobs_table(app).get_row(key(j))]
+
+
+def state_style(app, j: dict) -> str:
+    return str(jobs_table(app).get_cell(key(j), "state").style)
 
 
 def banner(app) -> Static:
@@ -209,3 +244,174 @@ async def test_q_quits(fake):
         await pilot.press("q")
         await wait_until(pilot, lambda: not app.is_running)
     assert app.return_code == 0
+
+
+# -- jobs --
+
+RUNNING = job(
+    2,
+    state="completed",
+    provider="12D3KooWProv0002xyz",
+    provider_account="0x" + "2" * 40,
+    price="1500000000000000000",
+    usage={"fuel": 10, "wall_ms": 1234, "peak_memory_bytes": 1, "output_bytes": 2},
+    output_cid="bafyout",
+)
+
+
+@pytest.fixture
+def jobs_fake() -> FakeTopClient:
+    return FakeTopClient(
+        NODE,
+        [peer(1)],
+        [offer(1)],
+        [
+            job(1, state="failed", error={"code": "nonzero_exit", "message": "exit 1"}),
+            RUNNING,
+            job(3, state="running", role="provider", provider="12D3KooWNodeSelf0000"),
+        ],
+        socket_path="/tmp/t/maskd.sock",
+    )
+
+
+def test_job_row_formats_price_wall_time_and_error():
+    cells = {k: str(v) for k, v in job_row(RUNNING).items()}
+    assert cells == {
+        "job": "0002abab…abab",
+        "role": "requester",
+        "name": "job-2",
+        "state": "completed",
+        "provider": "12D3KooW…2xyz",
+        "price": "1.5",
+        "wall": "1.2 s",
+        "error": render.DASH,
+    }
+    sparse = {k: str(v) for k, v in job_row({"job_id": "j", "state": "weird"}).items()}
+    assert sparse["price"] == sparse["wall"] == sparse["error"] == sparse["provider"] == render.DASH
+    assert str(job_row({"name": "[/oops]"})["name"]) == "[/oops]"  # shown, never markup
+    assert [render.format_wall_ms(ms) for ms in (0, 999, 59_999, 125_000, None, -1)] == [
+        "0 ms",
+        "999 ms",
+        "60.0 s",
+        "2m 5s",
+        render.DASH,
+        render.DASH,
+    ]
+    assert render.job_state_style("verifying") == "yellow"
+    assert render.job_state_style("cancelled") == "red"
+    assert render.job_state_style("pending") == ""
+
+
+@pytest.mark.asyncio
+async def test_jobs_table_is_filled_at_start_newest_first(jobs_fake):
+    app = make_app(jobs_fake)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await started(pilot, jobs_fake)
+        j1, j3 = job(1), job(3, role="provider")
+        assert jobs_table(app).display
+        assert jobs_table(app).keys() == [key(j3), key(RUNNING), key(j1)]
+        assert jobs_table(app).border_title == "3 jobs"
+        assert job_cells(app, RUNNING) == [
+            "0002abab…abab",
+            "requester",
+            "job-2",
+            "completed",
+            "12D3KooW…2xyz",
+            "1.5",
+            "1.2 s",
+            render.DASH,
+        ]
+        assert job_cells(app, j1)[3] == "failed" and job_cells(app, j1)[-1] == "nonzero_exit"
+        assert job_cells(app, j3)[1:4] == ["provider", "job-3", "running"]
+        assert state_style(app, RUNNING) == "green"
+        assert state_style(app, j1) == "red"
+        assert state_style(app, j3) == "yellow"
+        assert jobs_fake.job_calls == 1
+
+
+@pytest.mark.asyncio
+async def test_job_state_event_updates_the_row_in_place(jobs_fake):
+    app = make_app(jobs_fake)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await started(pilot, jobs_fake)
+        j3 = job(3, role="provider")
+        order = jobs_table(app).keys()
+        jobs_fake.update_job(j3["job_id"], "provider", state="verifying", updated_at=NOW)
+        await wait_until(pilot, lambda: job_cells(app, j3)[3] == "verifying")
+        assert state_style(app, j3) == "yellow"
+        jobs_fake.update_job(j3["job_id"], "provider", state="cancelled", updated_at=NOW + 1)
+        await wait_until(pilot, lambda: job_cells(app, j3)[3] == "cancelled")
+        assert state_style(app, j3) == "red"
+        assert jobs_table(app).keys() == order  # same rows, same places
+        assert jobs_fake.job_calls == 1  # known job: no reload
+        # the same job id in the other role is another row, and unknown here
+        assert key(job(3)) not in jobs_table(app).keys()
+
+
+@pytest.mark.asyncio
+async def test_unknown_jobs_event_reloads_once_for_a_burst(jobs_fake):
+    app = make_app(jobs_fake)  # refresh interval of an hour: only the event can reload
+    async with app.run_test(size=(160, 50)) as pilot:
+        await started(pilot, jobs_fake)
+        table = jobs_table(app)
+        table.move_cursor(row=table.get_row_index(key(RUNNING)))
+        for n in range(4, 9):  # a burst of new jobs, each announced by job.state
+            jobs_fake.add_job(job(n))
+        await wait_until(pilot, lambda: table.row_count == 8)
+        for _ in range(5):
+            await pilot.pause()
+        assert jobs_fake.job_calls == 2  # the start, and one reload for the whole burst
+        assert table.keys()[:5] == [key(job(n)) for n in range(8, 3, -1)]  # newest on top
+        assert table.border_title == "8 jobs"
+        # the cursor stayed on the job it was on, though rows went in above it
+        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == key(RUNNING)
+        # debounced: another unknown job within the interval waits for a refresh
+        jobs_fake.add_job(job(9))
+        for _ in range(5):
+            await pilot.pause()
+        assert jobs_fake.job_calls == 2 and table.row_count == 8
+
+
+@pytest.mark.asyncio
+async def test_periodic_refresh_reconciles_jobs(jobs_fake):
+    app = make_app(jobs_fake, refresh_interval=0.02)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await started(pilot, jobs_fake)
+        j3 = job(3, role="provider")
+        # changes the daemon made without an event reaching us
+        jobs_fake.update_job(
+            j3["job_id"], "provider", event=False, state="completed", usage={"wall_ms": 420}
+        )
+        jobs_fake.job_state.pop((job(1)["job_id"], "requester"))
+        await wait_until(pilot, lambda: job_cells(app, j3)[3] == "completed")
+        assert job_cells(app, j3)[6] == "420 ms"
+        await wait_until(pilot, lambda: jobs_table(app).keys() == [key(j3), key(RUNNING)])
+
+
+@pytest.mark.asyncio
+async def test_daemon_without_jobs_hides_the_jobs_table():
+    old = FakeTopClient(NODE, [peer(1)], [offer(1)], jobs=None)
+    app = make_app(old, refresh_interval=0.02)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await started(pilot, old)
+        assert not jobs_table(app).display
+        assert not app.jobs_supported
+        assert not banner(app).display
+        assert peers_table(app).row_count == 1 and offers_table(app).row_count == 1
+        await wait_until(pilot, lambda: app.loads >= 3)  # refreshes go on, without jobs
+        assert old.job_calls == 1
+        old.push_event(
+            {"type": "job.state", "job_id": "x", "role": "requester", "state": "running"}
+        )
+        old.add_peer(peer(2))
+        await wait_until(pilot, lambda: peers_table(app).row_count == 2)
+        assert old.job_calls == 1 and not jobs_table(app).display
+
+        # the daemon is upgraded: the next connection asks again and shows jobs
+        old.disconnect()
+        await wait_until(pilot, lambda: banner(app).display)
+        old.supports_jobs = True
+        old.job_state[(job(1)["job_id"], "requester")] = job(1)
+        old.reconnect()
+        await wait_until(pilot, lambda: jobs_table(app).display and jobs_table(app).row_count == 1)
+        assert app.jobs_supported
