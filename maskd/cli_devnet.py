@@ -130,9 +130,27 @@ def devnet_status(root: str, as_json: bool) -> None:
 @click.option(
     "--keep", is_flag=True, help="Leave the devnet running (stop it with `mask devnet down`)."
 )
-def demo(nodes: int, keep: bool) -> None:
-    """Bring up a local mesh, show every node seeing every offer, take it down."""
+@click.option(
+    "--out",
+    "out",
+    default=".demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the job results and render.png go (kept after the devnet stops).",
+)
+@click.option(
+    "--job-timeout",
+    default=90.0,
+    show_default=True,
+    help="Seconds the jobs may take, all together, before the demo gives up on them.",
+)
+def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
+    """Bring up a local mesh, show the offer book, run a job of every use case, take it down."""
+    from maskd.demo import run_demo_jobs
+
     console = _console()
+    out_dir = Path(out).resolve()
+    rows = []
     root = Path(tempfile.mkdtemp(prefix="mask-demo-", dir="/tmp"))
     console.rule(f"[bold]maskd demo: a {nodes}-node mesh on 127.0.0.1")
     started = time.monotonic()
@@ -187,6 +205,12 @@ def demo(nodes: int, keep: bool) -> None:
         if not all_ok:
             raise DevnetError("not every node saw every offer")
         console.print("[green]ok[/]: the mesh formed and every offer reached every node")
+        console.rule(f"[bold]jobs: {procs[0].data_dir.name} requests, the mesh provides")
+        jobs_started = time.monotonic()
+        rows = run_demo_jobs(
+            procs[0], out_dir, lambda m: console.print(f"  [dim]{m}[/]"), timeout=job_timeout
+        )
+        console.print(_summary_table(rows, time.monotonic() - jobs_started))
     finally:
         if keep:
             console.print(
@@ -196,3 +220,29 @@ def demo(nodes: int, keep: bool) -> None:
             stop_devnet(root)
             shutil.rmtree(root, ignore_errors=True)
             console.print("devnet stopped")
+    console.print(f"results kept in {out_dir} (render.png, results/<job>/)")
+    failed = [r.job for r in rows if not r.ok]
+    if failed:
+        raise DevnetError(f"{len(failed)} of {len(rows)} demo jobs failed: {', '.join(failed)}")
+    console.print(
+        f"[green]ok[/]: every use case ran on the mesh ({time.monotonic() - started:.1f} s)"
+    )
+
+
+def _summary_table(rows, elapsed: float) -> Table:
+    from maskd.demo import format_mask
+
+    table = Table(title=f"jobs run from node0 ({elapsed:.1f} s, submit to last result)")
+    for col in ("job", "use case", "provider", "time (s)", "cost (MASK)"):
+        table.add_column(col, justify="right" if col.startswith(("time", "cost")) else "left")
+    table.add_column("output", ratio=1, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.job if r.ok else f"[red]{r.job}[/]",
+            r.use_case,
+            r.provider,
+            f"{r.seconds:.1f}" if r.seconds is not None else "-",
+            format_mask(r.cost),
+            r.output if r.ok else f"[red]{r.output}[/]",
+        )
+    return table
