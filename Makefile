@@ -40,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/gossip.py
 	$(PY) bench/storage.py
+	$(PY) bench/jobs.py
 
 # Rebuild every example's .wasm from its C source (clang + wasi-libc; see
 # examples/*/Makefile). The builds are reproducible: unchanged sources give

@@ -41,6 +41,10 @@ def test_five_nodes_see_every_offer_and_a_killed_nodes_offer_disappears(cluster)
         for offer in offers:
             assert OFFER_KEYS <= offer.keys()
             assert offer["account"].startswith("0x") and offer["executors"] == ["wasm"]
+    # Every node was given only node0 to bootstrap from; the DHT finds the rest.
+    wait_until(
+        lambda: all(len(peers_of(n)) == 4 for n in nodes), 30, "a full mesh learned through the DHT"
+    )
     victim = nodes[4]
     victim.kill()  # SIGKILL: no withdrawal, only expiry or departure can remove it
     survivors = nodes[:4]
