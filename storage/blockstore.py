@@ -22,7 +22,14 @@ rewritten whole with the same atomic-rename primitive as blocks (one crash
 argument for everything), and it needs no connection bound to one thread
 while the daemon calls us from ``trio.to_thread`` workers.
 
-Thread safety: one lock covers writes, counters and pins. ``writing()`` marks a
+Thread safety: one lock covers the counters, the pins and the registry of
+blocks being written; the file I/O itself runs outside it, so writers overlap.
+Each block being written has one owner (the thread that reserved it); anyone
+else who wants the same block waits for that owner's write to settle instead
+of taking "it is on its way" for "it is here", and writes it itself if the
+owner failed. So once ``put``, ``put_many`` or an importer's sink returns, the
+block is on disk and registered for the next ``sync``, and concurrent identical
+or overlapping imports each pin a complete DAG. ``writing()`` marks a
 multi-block write that will end in a pin (an import, a network fetch); ``gc``
 waits for those to finish so it never deletes blocks of a DAG being built.
 """
@@ -118,11 +125,18 @@ class _ParallelWriter:
     def __call__(self, cid: str, data: bytes) -> None:
         if self._error is not None:
             raise self._error
-        if not self._store._reserve(cid, len(data)):
-            return
+        # The slot comes first so that a reservation is handed to the pool at once:
+        # a thread waiting in ``_reserve`` for a block we own must never wait on us.
         self._slots.acquire()
         try:
-            future = self._pool.submit(self._store._write_reserved, cid, data)
+            if not self._store._reserve(cid, len(data)):  # here, maybe after waiting
+                self._slots.release()
+                return
+            try:
+                future = self._pool.submit(self._store._write_reserved, cid, data)
+            except BaseException:
+                self._store._settle(cid, len(data), written=False)
+                raise
         except BaseException:
             self._slots.release()
             raise
@@ -164,7 +178,8 @@ class BlockStore:
         self._lock = threading.RLock()
         self._guard = _GcGuard()
         self._dirty_dirs: set[str] = set()
-        self._pending: set[str] = set()  # reserved, being written
+        # reserved, being written: the event is set once the write settles
+        self._pending: dict[str, threading.Event] = {}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._blocks, self._bytes = self._recover()
@@ -237,7 +252,8 @@ class BlockStore:
         return data
 
     def put(self, cid: str, data: bytes) -> bool:
-        """Store a block after re-hashing it; False if it was already here."""
+        """Store a block after re-hashing it; False if it was already here (or another
+        thread was writing it: then once that write is done, so it is here on return)."""
         key = canonical(cid)
         if len(data) > MAX_BLOCK_SIZE:
             raise StorageError(
@@ -294,45 +310,65 @@ class BlockStore:
         return True
 
     def _reserve(self, key: str, size: int) -> bool:
-        """Claim quota for a block before writing it; False if it is here or on its way."""
+        """Claim a block and its quota before writing it: True means the caller now
+        owns the write and must end it with ``_write_reserved`` (or ``_settle``);
+        False means the block is on disk. A block another thread is writing is
+        waited for, never reported as here before it is; if that write fails, the
+        block is claimed again (the caller has the bytes). Never call this while
+        holding ``self._lock`` or owning a reservation whose write is not under way."""
+        while True:
+            with self._lock:
+                settled = self._pending.get(key)
+                if settled is None:
+                    if os.path.exists(self._path(key)):
+                        return False
+                    if self.quota_bytes is not None and self._bytes + size > self.quota_bytes:
+                        raise StorageError(
+                            f"block store full: {self._bytes:,} of {self.quota_bytes:,} bytes "
+                            f"quota used, and a {size:,}-byte block does not fit",
+                            code="store_full",
+                            hint=GC_HINT,
+                        )
+                    self._pending[key] = threading.Event()
+                    self._blocks += 1
+                    self._bytes += size
+                    return True
+            settled.wait()
+
+    def _settle(self, key: str, size: int, *, written: bool) -> None:
+        """End a reservation: keep its quota if the block is on disk, else give it back;
+        wake whoever waits for it."""
+        shard = os.path.dirname(self._path(key))
         with self._lock:
-            if key in self._pending or os.path.exists(self._path(key)):
-                return False
-            if self.quota_bytes is not None and self._bytes + size > self.quota_bytes:
-                raise StorageError(
-                    f"block store full: {self._bytes:,} of {self.quota_bytes:,} bytes quota "
-                    f"used, and a {size:,}-byte block does not fit",
-                    code="store_full",
-                    hint=GC_HINT,
-                )
-            self._pending.add(key)
-            self._blocks += 1
-            self._bytes += size
-            return True
+            if written:
+                # The block is visible (renamed) but not yet durable: sync() must fsync
+                # its shard, and the root in case the shard is new (whoever created
+                # it, so a second writer into a fresh shard cannot miss it).
+                self._dirty_dirs.update((shard, str(self.root)))
+            else:
+                self._blocks -= 1
+                self._bytes -= size
+            self._pending.pop(key).set()
 
     def _write_reserved(self, key: str, data: bytes) -> None:
         """The slow part (file I/O), outside the lock so writer threads overlap."""
         path = self._path(key)
-        shard = os.path.dirname(path)
         try:
+            shard = os.path.dirname(path)
             if not os.path.isdir(shard):
                 os.makedirs(shard, exist_ok=True)
-                with self._lock:
-                    self._dirty_dirs.add(str(self.root))
             write_atomic(path, data, fsync=self._fsync)
         except OSError as e:
-            with self._lock:
-                self._pending.discard(key)
-                self._blocks -= 1
-                self._bytes -= len(data)
+            self._settle(key, len(data), written=False)
             raise StorageError(
                 f"cannot write block {key}: {e.strerror}",
                 code="store_full" if e.errno == errno.ENOSPC else "store_write_failed",
                 hint="free disk space, or " + GC_HINT,
             ) from None
-        with self._lock:
-            self._pending.discard(key)
-            self._dirty_dirs.add(shard)
+        except BaseException:
+            self._settle(key, len(data), written=False)
+            raise
+        self._settle(key, len(data), written=True)
 
     def delete(self, cid: str) -> bool:
         key = canonical(cid)
