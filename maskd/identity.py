@@ -19,20 +19,19 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_account import Account
 
 from protocol.errors import IdentityError
 from protocol.identity import make_identity_record, peer_id_from_ed25519
 from protocol.messages import IdentityRecord
+from storage.crypto import x25519_from_seed as derive_x25519
 
 PEER_KEY_FILE = "peer.key"
 ACCOUNT_FILE = "account.json"
 _PB_PREFIX = bytes([0x08, 0x01, 0x12, 0x40])  # Type=Ed25519, Data=<64 bytes>
-X25519_INFO = b"maskd x25519 v1"
 
 
 @dataclass(frozen=True)
@@ -48,8 +47,9 @@ class NodeIdentity:
 
 
 def x25519_from_seed(seed: bytes) -> X25519PrivateKey:
-    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=X25519_INFO).derive(seed)
-    return X25519PrivateKey.from_private_bytes(raw)
+    """The payload-encryption key, derived from the peer key (storage.crypto's rule)."""
+    private, _public = derive_x25519(seed)
+    return X25519PrivateKey.from_private_bytes(private)
 
 
 def read_passphrase(passphrase_file: str, env: dict[str, str] | None = None) -> str:
