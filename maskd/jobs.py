@@ -21,6 +21,7 @@ wrote), ``stdout.log``, ``stderr.log``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -36,22 +37,36 @@ import msgspec
 import trio
 
 from ledger.agreement import AccountKeys
-from protocol.errors import JobError, MaskError, RpcError
+from protocol import jobdata as jd
+from protocol.errors import JobError, MaskError, RpcError, StorageError, WireError
+from protocol.identity import verify_identity_record
 from protocol.market import Agreement, Cancel, UsageReport, decode_market
-from protocol.messages import MARKET_PROTOCOL
+from protocol.messages import JOB_PROTOCOL, MARKET_PROTOCOL, IdentityRecord
 from scheduler import provider as pv
+from scheduler.jobstate import JobState
 from scheduler.market import ProviderService, RequesterService, ThreadedStore
 from scheduler.policy import UnitPrices
 from scheduler.provider import ProviderConfig, ProviderCore
 from scheduler.requester import RequesterConfig, RequesterCore
 from scheduler.spec import JobSpec, load_spec
 from scheduler.store import JobRow, JobStore
-from storage.exporter import export_to_path
+from storage.carfile import export_car, verify_car, write_path_car
+from storage.crypto import decrypt_stream, encrypt_stream
 
 log = logging.getLogger("maskd.jobs")
 
 MAX_FRAME = 1 << 20
 OUTPUT_FETCH_TIMEOUT_S = 300.0
+
+# /mask/job/1: private payloads
+PAYLOAD_STREAMS_PER_PEER = 4  # concurrent payload streams served to one peer
+PAYLOAD_OPEN_TIMEOUT_S = 10.0  # dial + protocol negotiation
+PAYLOAD_REQUEST_TIMEOUT_S = 10.0  # the server waits this long for the request
+MATCH_WAIT_S = 10.0  # a bundle asked for before the requester recorded the match
+PAYLOAD_HEADER_TIMEOUT_S = MATCH_WAIT_S + 60.0  # the match wait plus encrypting
+PAYLOAD_IDLE_TIMEOUT_S = 30.0  # between two frames
+PAYLOAD_TIMEOUT_S = 300.0  # a whole transfer
+MAX_PAYLOAD_BYTES = 4 << 30  # ciphertext a client accepts
 
 
 class MeshGossip:
@@ -89,29 +104,414 @@ class MarketTransport:
             raise OSError(f"cannot reach {peer_id}: {exc}") from None
 
 
+# ---------------------------------------------------------------- /mask/job/1
+
+
+class PrivateFiles:
+    """Where a node keeps job payloads as CAR files, outside the shared block store.
+
+    ``bundles/<spec_cid>.car`` (the requester's own bundles), ``results/<output_cid>.car``
+    (a provider's results, and results a requester fetched), ``received/<job_id>.bundle.car``
+    (a bundle a provider fetched). Named by content id, so identical payloads share a file.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        for sub in ("bundles", "results", "received"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def bundle(self, spec_cid: str) -> Path:
+        return self.root / "bundles" / f"{spec_cid}.car"
+
+    def result(self, output_cid: str) -> Path:
+        return self.root / "results" / f"{output_cid}.car"
+
+    def received_bundle(self, job_id: str) -> Path:
+        return self.root / "received" / f"{job_id}.bundle.car"
+
+    def tmp(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        os.close(fd)
+        return Path(name)
+
+    async def add(self, src: Path, kind: str) -> str:
+        """Import ``src`` as a CAR into ``bundles/`` or ``results/``; its root CID."""
+        tmp = self.tmp()
+        try:
+            result = await trio.to_thread.run_sync(lambda: write_path_car(src, tmp))
+            dest = self.bundle(result.cid) if kind == "bundle" else self.result(result.cid)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return result.cid
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    """What the server may send: the CAR at ``path`` (root ``root``) to ``account``'s key."""
+
+    account: str
+    root: str
+    path: Path
+
+
+class PayloadRefusal(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _refused(reason: str, detail: str) -> JobError:
+    return JobError(
+        f"the peer refused the payload: {reason}" + (f" ({detail})" if detail else ""),
+        code="payload_refused",
+        hint="only the other party of the job's agreement may fetch its payload",
+    )
+
+
+def _mismatch(message: str) -> JobError:
+    return JobError(
+        message,
+        code="payload_mismatch",
+        hint="the peer sent a payload other than the one the agreement names",
+    )
+
+
+class PayloadServer:
+    """Serves ``/mask/job/1``: a job's payload, encrypted, to the other party only.
+
+    ``authorize(peer, job_id, kind)`` returns a Grant or raises PayloadRefusal; the
+    request's identity record must verify, be the stream's peer's, and name the
+    account the grant is for (the agreement's), and the CAR is encrypted to its key.
+    """
+
+    def __init__(
+        self,
+        authorize,
+        tmp_dir: Path,
+        *,
+        streams_per_peer: int = PAYLOAD_STREAMS_PER_PEER,
+        request_timeout: float = PAYLOAD_REQUEST_TIMEOUT_S,
+        idle_timeout: float = PAYLOAD_IDLE_TIMEOUT_S,
+        total_timeout: float = PAYLOAD_TIMEOUT_S,
+    ):
+        self.authorize = authorize
+        self.tmp_dir = tmp_dir
+        self.streams_per_peer = streams_per_peer
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.total_timeout = total_timeout
+        self.active: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    async def handle(self, stream, peer: str) -> None:
+        if self.active[peer] >= self.streams_per_peer:
+            self.counters["refused_busy"] += 1
+            with trio.move_on_after(self.idle_timeout):
+                await _write(stream, jd.PayloadRefused(job_id="", kind="", reason=jd.BUSY))
+            await _close(stream)
+            return
+        self.active[peer] += 1
+        try:
+            with trio.move_on_after(self.total_timeout):
+                await self._serve(stream, peer)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # the asker went away, broke the protocol, …
+            self.counters["serve_failed"] += 1
+            log.debug("serving a payload to %s failed: %s", peer, exc)
+        finally:
+            self.active[peer] -= 1
+            if not self.active[peer]:
+                del self.active[peer]
+            await _close(stream)
+
+    async def _serve(self, stream, peer: str) -> None:
+        reader = jd.FrameReader(stream)
+        with trio.fail_after(self.request_timeout):
+            req = await reader.next()
+        if not isinstance(req, jd.PayloadRequest):
+            self.counters["bad_request"] += 1
+            return
+
+        async def refuse(reason: str, detail: str = "") -> None:
+            self.counters[f"refused_{reason}"] += 1
+            with trio.fail_after(self.idle_timeout):
+                await _write(
+                    stream,
+                    jd.PayloadRefused(
+                        job_id=req.job_id, kind=req.kind, reason=reason, detail=detail
+                    ),
+                )
+
+        if req.kind not in jd.KINDS:
+            return await refuse(jd.BAD_REQUEST, f"unknown kind {req.kind!r}")
+        ident = req.identity
+        if ident.peer_id != peer or not verify_identity_record(ident):
+            return await refuse(jd.BAD_REQUEST, "the identity record is not the asker's")
+        try:
+            grant = await self.authorize(peer, req.job_id, req.kind)
+        except PayloadRefusal as r:
+            return await refuse(r.reason, r.detail)
+        if ident.account.lower() != grant.account.lower():
+            return await refuse(jd.NOT_PARTY, "the identity record names another account")
+        if not grant.path.exists():
+            return await refuse(jd.NOT_READY, f"no {req.kind} stored for this job")
+        fd, name = tempfile.mkstemp(prefix=".tmp-enc-", dir=self.tmp_dir)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+
+            def encrypt() -> int:
+                with open(grant.path, "rb") as src, open(tmp, "wb") as dst:
+                    encrypt_stream(src, dst, ident.x25519)
+                return tmp.stat().st_size
+
+            size = await trio.to_thread.run_sync(encrypt)
+            header = jd.PayloadHeader(job_id=req.job_id, kind=req.kind, root=grant.root, size=size)
+            with trio.fail_after(self.idle_timeout):
+                await _write(stream, header)
+            with open(tmp, "rb") as f:
+                while piece := f.read(jd.DATA_PIECE):
+                    with trio.fail_after(self.idle_timeout):
+                        await _write(stream, jd.PayloadData(data=piece))
+            self.counters[f"served_{req.kind}"] += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+async def _write(stream, message) -> None:
+    await stream.write(jd.encode_frame(message))
+
+
+async def _close(stream) -> None:
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        try:
+            await stream.close()
+        except Exception:
+            pass
+
+
+async def fetch_private(
+    open_stream,
+    peer: str,
+    job_id: str,
+    kind: str,
+    root: str,
+    identity: IdentityRecord,
+    x25519_private: bytes,
+    dest: Path,
+    *,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    header_timeout: float = PAYLOAD_HEADER_TIMEOUT_S,
+    idle_timeout: float = PAYLOAD_IDLE_TIMEOUT_S,
+    total_timeout: float = PAYLOAD_TIMEOUT_S,
+) -> None:
+    """Fetch ``job_id``'s ``kind`` from ``peer`` over ``/mask/job/1`` into the CAR ``dest``.
+
+    ``dest`` exists afterwards only if the payload decrypted (authenticated, whole)
+    and is exactly the DAG of ``root``. Raises JobError ``payload_refused`` /
+    ``payload_mismatch`` / ``payload_timeout``, StorageError ``decrypt_failed``,
+    WireError ``payload_protocol``, or OSError when the peer cannot be reached.
+    """
+    # unique names: two jobs with the same output may fetch it at once
+    fd, name = tempfile.mkstemp(prefix=".tmp-enc-", dir=dest.parent)
+    os.close(fd)
+    cipher = Path(name)
+    plain = cipher.with_name(cipher.name.replace(".tmp-enc-", ".tmp-car-"))
+    try:
+        with trio.fail_after(total_timeout):
+            try:
+                with trio.fail_after(PAYLOAD_OPEN_TIMEOUT_S):
+                    stream = await open_stream(peer)
+            except trio.TooSlowError:
+                raise OSError(f"opening {JOB_PROTOCOL} to {peer} timed out") from None
+            try:
+                await _fetch_cipher(
+                    stream,
+                    job_id,
+                    kind,
+                    root,
+                    identity,
+                    cipher,
+                    max_bytes,
+                    header_timeout,
+                    idle_timeout,
+                )
+            finally:
+                await _close(stream)
+    except trio.TooSlowError:
+        cipher.unlink(missing_ok=True)
+        raise JobError(
+            f"fetching the {kind} of {job_id} from {peer} timed out", code="payload_timeout"
+        ) from None
+    except BaseException:
+        cipher.unlink(missing_ok=True)
+        raise
+
+    def open_and_check() -> None:
+        try:
+            with open(cipher, "rb") as src, open(plain, "wb") as dst:
+                decrypt_stream(src, dst, x25519_private)
+            try:
+                verify_car(plain, root)
+            except StorageError as exc:
+                raise _mismatch(f"the {kind} is not the DAG of {root}: {exc.message}") from None
+            os.replace(plain, dest)
+        finally:
+            cipher.unlink(missing_ok=True)
+            plain.unlink(missing_ok=True)
+
+    await trio.to_thread.run_sync(open_and_check)
+
+
+async def _fetch_cipher(
+    stream, job_id, kind, root, identity, cipher: Path, max_bytes, header_timeout, idle_timeout
+) -> None:
+    await _write(stream, jd.PayloadRequest(job_id=job_id, kind=kind, identity=identity))
+    reader = jd.FrameReader(stream)
+    with trio.fail_after(header_timeout):
+        head = await reader.next()
+    if isinstance(head, jd.PayloadRefused):
+        raise _refused(head.reason, head.detail)
+    if not isinstance(head, jd.PayloadHeader) or head.job_id != job_id or head.kind != kind:
+        raise WireError(f"{JOB_PROTOCOL}: expected the payload header", code="payload_protocol")
+    if head.root != root:
+        raise _mismatch(f"the peer offers {kind} {head.root}, the agreement names {root}")
+    if not 0 <= head.size <= max_bytes:
+        raise _refused("too_large", f"{head.size:,} bytes is over the {max_bytes:,} limit")
+    got = 0
+    with open(cipher, "wb") as f:
+        while True:
+            with trio.fail_after(idle_timeout):
+                msg = await reader.next()
+            if msg is None:
+                break  # short? decrypt_stream says so (truncation is authenticated)
+            if not isinstance(msg, jd.PayloadData):
+                raise WireError(f"{JOB_PROTOCOL}: expected payload data", code="payload_protocol")
+            got += len(msg.data)
+            if got > head.size:
+                raise WireError(
+                    f"{JOB_PROTOCOL}: more data than announced", code="payload_protocol"
+                )
+            f.write(msg.data)
+            if got == head.size:
+                break
+
+
+def _terms(row: JobRow):
+    if not row.agreement:
+        return None
+    return msgspec.msgpack.decode(row.agreement, type=Agreement).terms
+
+
+def store_authorizer(store: JobStore, files: PrivateFiles, *, match_wait: float = MATCH_WAIT_S):
+    """The daemon's rule: a job's bundle to its matched provider, its result to its requester."""
+
+    def get(job_id: str, role: str) -> JobRow:
+        try:
+            return store.get(job_id, role=role)
+        except MaskError:
+            raise PayloadRefusal(jd.UNKNOWN_JOB) from None
+
+    async def authorize(peer: str, job_id: str, kind: str) -> Grant:
+        if kind == "bundle":
+            row = get(job_id, "requester")
+            # the provider asks as soon as it countersigned: give the requester's
+            # core a moment to record the match
+            with trio.move_on_after(match_wait):
+                while row.state is JobState.PENDING:
+                    await trio.sleep(0.05)
+                    row = get(job_id, "requester")
+            terms = _terms(row)
+            if (
+                row.provider_peer != peer
+                or terms is None
+                or row.state not in (JobState.MATCHED, JobState.RUNNING)
+            ):
+                raise PayloadRefusal(jd.NOT_PARTY, "the job is not placed with you")
+            return Grant(terms.provider_account, terms.spec_cid, files.bundle(terms.spec_cid))
+        row = get(job_id, "provider")
+        terms = _terms(row)
+        if terms is None or terms.requester_peer != peer:
+            raise PayloadRefusal(jd.NOT_PARTY, "you are not this job's requester")
+        if not row.output_cid:
+            raise PayloadRefusal(jd.NOT_READY, "no result stored yet")
+        return Grant(terms.requester_account, row.output_cid, files.result(row.output_cid))
+
+    return authorize
+
+
 class StorageOutputs:
-    def __init__(self, storage):
-        self.storage = storage
+    """Requester side: fetch a result over ``/mask/job/1`` and check its root CID."""
+
+    def __init__(self, payloads: PayloadClient, store: JobStore):
+        self.payloads = payloads
+        self.store = store
+
+    def _job_for(self, peer_id: str, output_cid: str) -> str | None:
+        # the Outputs interface names no job: the core persisted the result
+        # (verifying, with output_cid) before asking for this fetch
+        for row in self.store.open_jobs(role="requester"):
+            if (
+                row.provider_peer == peer_id
+                and row.output_cid == output_cid
+                and row.state is JobState.VERIFYING
+            ):
+                return row.job_id
+        return None
 
     async def fetch_and_verify(
         self, peer_id: str, output_cid: str, verify_mode: str
     ) -> tuple[bool, str]:
+        dest = self.payloads.files.result(output_cid)
+        if dest.exists():
+            return True, ""  # already here, verified against this CID when it came
+        job_id = self._job_for(peer_id, output_cid)
+        if job_id is None:
+            return False, f"no job is verifying output {output_cid} from {peer_id}"
         with trio.move_on_after(OUTPUT_FETCH_TIMEOUT_S):
             try:
-                await self.storage.exchange.fetch_dag(output_cid, [peer_id])
-                await trio.to_thread.run_sync(self.storage.store.pin, output_cid)
+                # receipt mode: the CAR decrypted (authenticated) and is exactly
+                # the DAG of the CID the provider signed; that is the whole check
+                await self.payloads.fetch(peer_id, job_id, "result", output_cid, dest)
             except MaskError as exc:
-                return False, f"fetching the output failed: {exc.message}"
-            # receipt mode: every block was re-hashed against the CID the
-            # provider signed; that is the whole check for now.
+                return False, f"fetching the output failed ({exc.code}): {exc.message}"
+            except OSError as exc:
+                return False, f"fetching the output failed: {exc}"
             return True, ""
         return False, f"fetching the output took over {OUTPUT_FETCH_TIMEOUT_S:.0f} s"
 
 
+class PayloadClient:
+    """Fetches private payloads for this node (its identity and X25519 key)."""
+
+    def __init__(self, mesh, identity, files: PrivateFiles):
+        self.mesh = mesh
+        self.identity = identity
+        self.files = files
+        self._x25519 = identity.x25519_private.private_bytes_raw()
+
+    async def _open(self, peer: str):
+        try:
+            return await self.mesh.new_stream(peer, JOB_PROTOCOL)
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # libp2p's dial and negotiation errors
+            raise OSError(f"cannot reach {peer}: {exc}") from None
+
+    async def fetch(self, peer: str, job_id: str, kind: str, root: str, dest: Path) -> None:
+        await fetch_private(
+            self._open, peer, job_id, kind, root, self.identity.record, self._x25519, dest
+        )
+
+
 class WasmWorker:
-    def __init__(self, storage, work_dir: Path, import_lock: trio.Lock):
-        self.storage = storage
-        self.import_lock = import_lock
+    def __init__(self, payloads: PayloadClient, work_dir: Path):
+        self.payloads = payloads
+        self._fetch_errors: dict[str, MaskError] = {}
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         from worker.wasm import WasmRuntime
@@ -122,14 +522,28 @@ class WasmWorker:
         return self.work_dir / job_id
 
     async def fetch_payload(self, job_id: str, peer_id: str, spec_cid: str) -> None:
-        await self.storage.exchange.fetch_dag(spec_cid, [peer_id])
+        """The bundle from the requester over /mask/job/1, decrypted and checked
+        against ``spec_cid``. A failure is kept for ``execute`` to report, so the
+        attempt ends with a typed error rather than an exception in the shell."""
+        self._fetch_errors.pop(job_id, None)
         bundle = self._dir(job_id) / "bundle"
-        if bundle.exists():
-            await trio.to_thread.run_sync(shutil.rmtree, bundle)
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        await trio.to_thread.run_sync(
-            lambda: export_to_path(spec_cid, self.storage.store.get, str(bundle), verify=False)
-        )
+        car = self.payloads.files.received_bundle(job_id)
+        try:
+            if bundle.exists():
+                await trio.to_thread.run_sync(shutil.rmtree, bundle)
+            bundle.parent.mkdir(parents=True, exist_ok=True)
+            await self.payloads.fetch(peer_id, job_id, "bundle", spec_cid, car)
+            await trio.to_thread.run_sync(lambda: export_car(car, spec_cid, bundle))
+        except MaskError as exc:
+            log.warning("job %s: no bundle from %s: %s (%s)", job_id, peer_id, exc, exc.code)
+            self._fetch_errors[job_id] = exc
+        except OSError as exc:
+            log.warning("job %s: no bundle from %s: %s", job_id, peer_id, exc)
+            self._fetch_errors[job_id] = JobError(
+                f"cannot fetch the job bundle: {exc}", code="payload_unavailable"
+            )
+        finally:
+            car.unlink(missing_ok=True)
 
     async def execute(self, job_id: str, agreement: Any) -> pv.ExecutionOutcome:
         from worker.wasm import CancelToken, WasmLimits, run_wasm
@@ -137,6 +551,9 @@ class WasmWorker:
         terms = agreement.terms
         base = self._dir(job_id)
         bundle = base / "bundle"
+        failed = self._fetch_errors.pop(job_id, None)
+        if failed is not None:
+            return _failed(failed.code, f"the job bundle did not arrive: {failed.message}")
         try:
             job = json.loads((bundle / "job.json").read_text())
             module = (bundle / "program.wasm").read_bytes()
@@ -195,12 +612,8 @@ class WasmWorker:
         )
 
     async def store_output(self, job_id: str) -> str:
-        result = self._dir(job_id) / "result"
-        async with self.import_lock:
-            imported = await trio.to_thread.run_sync(
-                lambda: self.storage.store.add_path(str(result), pin=True)
-            )
-        return imported.cid
+        """The result as a private CAR (served to the requester only); its root CID."""
+        return await self.payloads.files.add(self._dir(job_id) / "result", "result")
 
 
 def _sha256(path) -> bytes:
@@ -268,7 +681,11 @@ class Jobs:
         async_store = NotifyingStore(self.store, node.events.publish)
         keys = AccountKeys(ident.account_key)
         transport = MarketTransport(node.mesh)
-        self._import_lock = trio.Lock()
+        self.private = PrivateFiles(self.dir / "private")
+        self.payloads = PayloadClient(node.mesh, ident, self.private)
+        self.payload_server = PayloadServer(
+            store_authorizer(self.store, self.private), self.private.root
+        )
         self.requester = RequesterService(
             RequesterCore(
                 RequesterConfig(peer_id=ident.peer_id, identity=ident.record),
@@ -278,7 +695,7 @@ class Jobs:
             store=async_store,
             gossip=MeshGossip(node.mesh),
             transport=transport,
-            outputs=StorageOutputs(node.storage),
+            outputs=StorageOutputs(self.payloads, self.store),
             peer_key=ident.peer_key,
             clock=time.time,
         )
@@ -305,10 +722,11 @@ class Jobs:
                 ),
                 store=async_store,
                 transport=transport,
-                worker=WasmWorker(node.storage, self.dir / "work", self._import_lock),
+                worker=WasmWorker(self.payloads, self.dir / "work"),
                 clock=time.time,
             )
         node.mesh.set_stream_handler(MARKET_PROTOCOL, self.handle_market_stream)
+        node.mesh.set_stream_handler(JOB_PROTOCOL, self.handle_job_stream)
 
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -370,6 +788,9 @@ class Jobs:
                 except Exception:
                     pass
 
+    async def handle_job_stream(self, stream) -> None:
+        await self.payload_server.handle(stream, stream.muxed_conn.peer_id.to_base58())
+
     # ------------------------------------------------------------------ RPC
     def rpc_methods(self) -> dict:
         return {
@@ -398,20 +819,16 @@ class Jobs:
         spec = await trio.to_thread.run_sync(load_spec, path)
         bundle = await self._bundle(spec)
         try:
-            # One import at a time: identical bundles imported concurrently
-            # raced in the block store (pin saw a root another thread was
-            # still writing).
-            async with self._import_lock:
-                imported = await trio.to_thread.run_sync(
-                    lambda: self.node.storage.store.add_path(str(bundle), pin=True)
-                )
+            # a private CAR, not the shared block store: it is served over
+            # /mask/job/1 to the job's matched provider only
+            spec_cid = await self.private.add(bundle, "bundle")
         finally:
             await trio.to_thread.run_sync(shutil.rmtree, bundle, True)
-        job_id = await self.requester.submit(spec, imported.cid)
+        job_id = await self.requester.submit(spec, spec_cid)
         return {
             "job_id": job_id,
             "state": str(self.store.get(job_id, role="requester").state),
-            "spec_cid": imported.cid,
+            "spec_cid": spec_cid,
         }
 
     async def _bundle(self, spec: JobSpec) -> Path:
@@ -506,20 +923,30 @@ class Jobs:
             )
         if os.path.lexists(dest):
             raise JobError(f"{dest} already exists", code="path_exists", hint="choose a new -o")
-        store = self.node.storage.store
-        await trio.to_thread.run_sync(lambda: export_to_path(row.output_cid, store.get, dest))
+        car = self._result_car(row)
+        await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, dest))
         return {"job_id": row.job_id, "output_cid": row.output_cid, "dest": dest}
+
+    def _result_car(self, row: JobRow) -> Path:
+        car = self.private.result(row.output_cid)
+        if not car.exists():
+            raise JobError(
+                f"the result of job {row.job_id} is not stored here",
+                code="no_result",
+                hint="it is kept by the requester that fetched it",
+            )
+        return car
 
     async def logs(self, params: dict) -> dict:
         row = self._row(params)
         if not row.output_cid:
             return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
+        car = self.private.result(row.output_cid)
+        if not car.exists():
+            return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
         tmp = Path(tempfile.mkdtemp(prefix="logs-", dir=self.dir))
         try:
-            store = self.node.storage.store
-            await trio.to_thread.run_sync(
-                lambda: export_to_path(row.output_cid, store.get, str(tmp / "r"))
-            )
+            await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, tmp / "r"))
 
             def read(name: str) -> str:
                 f = tmp / "r" / name

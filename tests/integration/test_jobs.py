@@ -207,3 +207,80 @@ def test_a_requester_restarted_mid_job_resumes_and_completes(market, tmp_path):
     assert final["state"] == "completed", final
     owed = [e for e in requester.call("v1.jobs.owed")["entries"] if e["job_id"] == j]
     assert len(owed) == 1
+
+
+async def _ask_for_payload(node, job_id: str, kind: str):
+    """Open /mask/job/1 to ``node`` from a fresh in-process libp2p host (a third
+    party with a valid identity record of its own) and ask for a payload."""
+    import os
+
+    import multiaddr
+    import trio
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from p2p.mesh import make_host
+    from protocol import jobdata as jd
+    from protocol.identity import make_identity_record
+    from storage.crypto import x25519_from_seed
+
+    key_pair = create_new_key_pair(os.urandom(32))
+    host = make_host(key_pair)
+    info = info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0]))
+    record = make_identity_record(
+        os.urandom(32), host.get_id().to_base58(), x25519_from_seed(os.urandom(32))[1], 1
+    )
+    async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        with trio.fail_after(30):
+            await host.connect(info)
+            stream = await host.new_stream(info.peer_id, [jd.JOB_PROTOCOL])
+            req = jd.PayloadRequest(job_id=job_id, kind=kind, identity=record)
+            await stream.write(jd.encode_frame(req))
+            answer = await jd.FrameReader(stream).next()
+            await stream.close()
+    return answer
+
+
+async def test_a_third_node_that_knows_the_spec_cid_cannot_fetch_the_payload(market, tmp_path):
+    import trio
+
+    from protocol.errors import MaskError
+
+    requester, *providers = market
+    spec = job_toml(
+        tmp_path, "private", busy(1_500_000_000), inputs=[HELLO / "data"], max_seconds=60
+    )
+    submitted = await trio.to_thread.run_sync(
+        lambda: requester.call("v1.jobs.submit", {"path": str(spec)}, timeout=60)
+    )
+    j, spec_cid = submitted["job_id"], submitted["spec_cid"]
+
+    def running() -> bool:
+        return job(requester, j)["state"] == "running"
+
+    await trio.to_thread.run_sync(lambda: wait_until(running, 30, "the job to start"))
+    provider = job(requester, j)["provider"]
+    outsider = next(p for p in providers if p.peer_id != provider)
+    # not in the requester's block store: the bundle is a private CAR
+    with pytest.raises(MaskError) as fetched:
+        await trio.to_thread.run_sync(
+            lambda: outsider.call(
+                "v1.storage.get",
+                {"cid": spec_cid, "dest": str(tmp_path / "stolen"), "peers": [requester.peer_id]},
+                timeout=60,
+            )
+        )
+    assert fetched.value.code == "block_unavailable", fetched.value
+    assert not (tmp_path / "stolen").exists()
+    # and /mask/job/1 refuses a peer that is not the matched provider
+    answer = await _ask_for_payload(requester, j, "bundle")
+    assert type(answer).__name__ == "PayloadRefused" and answer.reason == "not_party", answer
+    # the job still completes, and its result is as private
+    final = (await trio.to_thread.run_sync(lambda: wait_done(requester, [j], 120)))[j]
+    assert final["state"] == "completed", final
+    holder = next(p for p in providers if p.peer_id == final["provider"])
+    answer = await _ask_for_payload(holder, j, "result")
+    assert type(answer).__name__ == "PayloadRefused" and answer.reason == "not_party", answer
+    out = tmp_path / "result"
+    requester.call("v1.jobs.result", {"job_id": j, "dest": str(out)})
+    assert (out / "stdout.log").exists()
