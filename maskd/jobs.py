@@ -52,6 +52,7 @@ from scheduler.spec import JobSpec, load_spec
 from scheduler.store import JobRow, JobStore
 from storage.carfile import export_car, verify_car, write_path_car
 from storage.crypto import decrypt_stream, encrypt_stream
+from storage.exporter import export_to_path
 
 log = logging.getLogger("maskd.jobs")
 
@@ -832,7 +833,20 @@ class Jobs:
         }
 
     async def _bundle(self, spec: JobSpec) -> Path:
+        """The job bundle dir; CID programs and inputs are fetched from peers first."""
+        store = self.node.storage.store
+        for ref in (spec.program, *spec.inputs):
+            if ref.kind == "cid":
+                await self._fetch_ref(ref.value)
         tmp = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.dir))
+
+        def place(ref, dest: Path) -> None:
+            if ref.kind == "cid":
+                export_to_path(ref.value, store.get, str(dest))
+            elif Path(ref.value).is_dir():
+                shutil.copytree(ref.value, dest)
+            else:
+                shutil.copyfile(ref.value, dest)
 
         def build() -> None:
             doc = msgspec.to_builtins(spec)
@@ -840,27 +854,16 @@ class Jobs:
             names = []
             (tmp / "in").mkdir()
             for ref in spec.inputs:
-                if ref.kind != "path":
-                    raise JobError(
-                        f"input {ref.value} is a CID; CID inputs are not supported yet",
-                        code="spec_invalid",
-                        hint="give a local path for now",
-                    )
-                src = Path(ref.value)
-                dest = tmp / "in" / ref.name
-                if src.is_dir():
-                    shutil.copytree(src, dest)
-                else:
-                    shutil.copyfile(src, dest)
+                place(ref, tmp / "in" / ref.name)
                 names.append(ref.name)
             doc["inputs"] = names
-            if spec.program.kind != "path":
+            place(spec.program, tmp / "program.wasm")
+            if (tmp / "program.wasm").is_dir():
                 raise JobError(
-                    f"program {spec.program.value} is a CID; CID programs are not supported yet",
+                    f"program {spec.program.value} is a directory, not a .wasm file",
                     code="spec_invalid",
-                    hint="give the path of the .wasm file",
+                    hint="point `program` at the CID of the .wasm file itself",
                 )
-            shutil.copyfile(spec.program.value, tmp / "program.wasm")
             (tmp / "job.json").write_text(json.dumps(doc, sort_keys=True))
 
         try:
@@ -869,6 +872,35 @@ class Jobs:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return tmp
+
+    async def _fetch_ref(self, cid: str) -> None:
+        """Make a CID's DAG local (from the store, else from connected peers)."""
+        storage = self.node.storage
+        missing = await trio.to_thread.run_sync(storage.store.missing, cid)
+        if not missing:
+            return
+        peers = [v.peer_id for v in self.node.mesh.peers()]
+        if not peers:
+            raise JobError(
+                f"{cid} is not in the local store and no peer is connected to fetch it from",
+                code="input_unavailable",
+                hint="`mask put` it here first, or connect to a peer that has it",
+            )
+        try:
+            with trio.fail_after(120):
+                await storage.exchange.fetch_dag(cid, peers)
+        except trio.TooSlowError:
+            raise JobError(
+                f"fetching {cid} took over 120 s",
+                code="input_unavailable",
+                hint="is it pinned on a peer?",
+            ) from None
+        except MaskError as exc:
+            raise JobError(
+                f"cannot fetch {cid}: {exc.message}",
+                code="input_unavailable",
+                hint="`mask put` it on this node or on a connected peer first",
+            ) from None
 
     def _row(self, params: dict) -> JobRow:
         job_id = params.get("job_id")
