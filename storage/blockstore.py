@@ -31,7 +31,11 @@ owner failed. So once ``put``, ``put_many`` or an importer's sink returns, the
 block is on disk and registered for the next ``sync``, and concurrent identical
 or overlapping imports each pin a complete DAG. ``writing()`` marks a
 multi-block write that will end in a pin (an import, a network fetch); ``gc``
-waits for those to finish so it never deletes blocks of a DAG being built.
+waits for those to finish so it never deletes blocks of a DAG being built. The
+pin must be taken before the guard is released (``_add``, ``import_car`` and
+``BlockExchange.fetch_dag(pin=True)`` do so): after it, a waiting ``gc`` runs at
+once. A DAG that is used without a pin (fetched, then exported) is held with
+``lease(root)`` instead, which ``gc`` treats as a pin while it is held.
 """
 
 from __future__ import annotations
@@ -75,12 +79,30 @@ class GcResult:
 
 
 class _GcGuard:
-    """Any number of writers, or one collector; a collector waits for writers."""
+    """Any number of writers, or one collector; a collector waits for writers.
+
+    It also keeps the leases (``BlockStore.lease``): roots whose DAGs a collector
+    must treat as live. A lease is taken only while no collector runs, so the set
+    a collector reads when it starts holds for its whole run.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._writers = 0
         self._collecting = False
+        self._leases: dict[str, int] = {}
+
+    def hold(self, key: str) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._collecting)
+            self._leases[key] = self._leases.get(key, 0) + 1
+
+    def release(self, key: str) -> None:
+        with self._cond:
+            if self._leases[key] == 1:
+                del self._leases[key]
+            else:
+                self._leases[key] -= 1
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -95,12 +117,14 @@ class _GcGuard:
                 self._cond.notify_all()
 
     @contextmanager
-    def collecting(self) -> Iterator[None]:
+    def collecting(self) -> Iterator[set[str]]:
+        """Yields the leased roots (fixed until the collector is done)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._collecting and self._writers == 0)
             self._collecting = True
+            leased = set(self._leases)
         try:
-            yield
+            yield leased
         finally:
             with self._cond:
                 self._collecting = False
@@ -478,12 +502,34 @@ class BlockStore:
         with self._guard.writing():
             yield
 
+    @contextmanager
+    def lease(self, cid: str) -> Iterator[None]:
+        """Keep the DAG at ``cid`` from ``gc`` while held, without pinning it.
+
+        For a DAG that is used right after it is fetched or written (exported,
+        pinned by a later step): blocks of it that are here when ``lease`` returns,
+        and any stored while it is held, survive every ``gc`` until it is released.
+        Entering waits for a ``gc`` already running (so run it in a worker thread);
+        leaving never blocks. Leases are in memory only and nest (counted per root).
+        """
+        key = canonical(cid)
+        self._guard.hold(key)
+        try:
+            yield
+        finally:
+            self._guard.release(key)
+
     def gc(self) -> GcResult:
-        """Delete every block not reachable from a pin."""
-        with self._guard.collecting(), self._lock:
+        """Delete every block not reachable from a pin or a held ``lease``."""
+        with self._guard.collecting() as leased, self._lock:
             live: set[str] = set()
             for root in self._pins:
                 live.update(cid for cid, present in self._walk(root) if present)
+            for root in leased - self._pins:
+                try:
+                    live.update(cid for cid, present in self._walk(root) if present)
+                except StorageError:  # unsupported codec: only the root block is known
+                    live.add(root)
             removed = freed = 0
             for cid in list(self.cids()):
                 if cid not in live:

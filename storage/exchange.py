@@ -302,9 +302,21 @@ class BlockExchange:
 
     # ------------------------------------------------------------ fetching
     async def fetch_dag(
-        self, root: str, peers: Sequence[str], *, progress: ProgressFn | None = None
+        self,
+        root: str,
+        peers: Sequence[str],
+        *,
+        progress: ProgressFn | None = None,
+        pin: bool = False,
     ) -> FetchResult:
-        """Fetch every block of the DAG at ``root`` that the store lacks.
+        """Fetch every block of the DAG at ``root`` that the store lacks; with
+        ``pin``, pin the root once the DAG is complete.
+
+        The whole fetch runs inside the store's ``writing()`` guard, so ``gc`` waits
+        for it; the pin is taken inside that guard too, since a ``gc`` waiting for
+        the guard runs the moment it is released and would delete the fetched,
+        still unpinned blocks. A caller that uses the DAG afterwards without pinning
+        it (an export) must hold ``store.lease(root)`` across the fetch and the use.
 
         Raises StorageError: ``no_peers``, ``fetch_failed``, ``block_unavailable``,
         or the store's own (``store_full``, …); blocks stored before an error stay
@@ -314,7 +326,10 @@ class BlockExchange:
         guard = self.store.writing()
         await self._run_blocking(guard.__enter__)
         try:
-            return await self._fetch(root, peers, progress)
+            result = await self._fetch(root, peers, progress)
+            if pin:
+                await self._run_blocking(self.store.pin, root)
+            return result
         finally:
             guard.__exit__(None, None, None)
 

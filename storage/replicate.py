@@ -220,8 +220,8 @@ class Replicator:
             return no("too_large")
         sources = [p for p in req.sources if p != self.peer_id][:8] or [peer]
         try:
-            result = await self.exchange.fetch_dag(req.cid, sources)
-            await self._blocking(self.store.pin, req.cid)
+            # pinned inside the fetch's writing() guard: a gc cannot slip in between
+            result = await self.exchange.fetch_dag(req.cid, sources, pin=True)
         except StorageError as exc:
             return no(exc.code)
         expires_at = self.clock() + req.duration_s

@@ -245,22 +245,30 @@ class StorageService:
                 last[0] = now
                 self.publish({"type": "storage.progress", "op": "get", "cid": cid, **asdict(p)})
 
-        started = time.perf_counter()
-        result = await self.exchange.fetch_dag(cid, list(peers), progress=progress)
-        fetched = time.perf_counter()
-        self.publish(
-            {
-                "type": "storage.progress",
-                "op": "get",
-                "cid": cid,
-                "done": True,
-                "blocks_done": result.blocks,
-                "bytes_done": result.bytes,
-            }
-        )
-        if params.get("pin"):
-            await self._blocking(self.store.pin, cid)
-        await self._blocking(lambda: export_to_path(cid, self.store.get, dest, verify=False))
+        # The lease keeps the DAG from a gc between the fetch and the end of the
+        # export (without ``pin`` nothing else does); ``pin`` is taken inside the
+        # fetch's writing() guard, so the pinned DAG is never unprotected either.
+        lease = self.store.lease(cid)
+        await self._blocking(lease.__enter__)
+        try:
+            started = time.perf_counter()
+            result = await self.exchange.fetch_dag(
+                cid, list(peers), progress=progress, pin=bool(params.get("pin"))
+            )
+            fetched = time.perf_counter()
+            self.publish(
+                {
+                    "type": "storage.progress",
+                    "op": "get",
+                    "cid": cid,
+                    "done": True,
+                    "blocks_done": result.blocks,
+                    "bytes_done": result.bytes,
+                }
+            )
+            await self._blocking(lambda: export_to_path(cid, self.store.get, dest, verify=False))
+        finally:
+            lease.__exit__(None, None, None)
         return {
             "fetch_s": round(fetched - started, 4),
             "export_s": round(time.perf_counter() - fetched, 4),

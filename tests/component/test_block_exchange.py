@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import io
 import random
+from contextlib import contextmanager
 
 import pytest
 import trio
 import trio.testing
 
+from maskd.config import StorageConfig
 from protocol.blocks import (
     MAX_FRAME_BYTES,
     Blocks,
     DontHave,
     FrameDecoder,
     FrameError,
+    PinRequest,
     WantBlocks,
     decode_message,
     encode_frame,
@@ -28,6 +31,7 @@ from storage.blockstore import BlockStore
 from storage.cid import RAW, parse_cid, verify_block
 from storage.exchange import BlockExchange, ExchangeSettings
 from storage.exporter import export
+from storage.service import StorageService
 from storage.testing import (
     DieAfter,
     FakeNetwork,
@@ -375,3 +379,91 @@ def test_put_many_stores_in_parallel_and_flags_mismatches(tmp_path):
     assert err.value.code == "store_full"
     assert_store_consistent(store)
     assert store.stat().bytes <= store.quota_bytes
+
+
+# -- gc between a fetch and what its caller does next (pin, export) ----------
+
+
+def gc_right_after_writing(store: BlockStore) -> list:
+    """Make ``store.gc()`` run the moment any ``writing()`` guard is released: the
+    interleaving where a fetch has stored its blocks and its caller has not yet
+    pinned or exported them, made deterministic instead of raced."""
+    real = store.writing
+    results = []
+
+    @contextmanager
+    def writing():
+        with real():
+            yield
+        results.append(store.gc())
+
+    store.writing = writing
+    return results
+
+
+def fetching_service(tmp_path, net: FakeNetwork) -> StorageService:
+    opener = net.open_stream_from("me")
+    return StorageService(
+        StorageConfig(),
+        tmp_path / "me",
+        peer_id="me",
+        open_stream=lambda peer, protocol: opener(peer),
+        connected_peers=lambda: ["a"],
+        penalise=lambda peer, reason: None,
+        publish=lambda event: None,
+        lookup_offer=lambda peer: None,
+        list_offers=list,
+        storage_mb=64,
+        fsync=False,
+    )
+
+
+async def test_fetch_dag_with_pin_pins_before_a_gc_can_run(tmp_path, autojump_clock):
+    data = payload(2 * MiB)
+    async with trio.open_nursery() as nursery:
+        h = Harness(tmp_path, nursery)
+        cid = h.provider("a", data)
+        collected = gc_right_after_writing(h.client_store)
+        result = await h.client.fetch_dag(cid, ["a"], pin=True)
+        nursery.cancel_scope.cancel()
+    assert result.blocks == 9
+    assert len(collected) == 1 and collected[0].blocks == 0  # the gc ran, found nothing to take
+    assert h.client_store.pins() == [cid]
+    assert h.read_back(cid) == data
+
+
+@pytest.mark.parametrize("pin", [True, False])
+async def test_service_get_survives_a_gc_between_fetch_and_pin_or_export(tmp_path, pin):
+    data = payload(2 * MiB)
+    async with trio.open_nursery() as nursery:
+        net = FakeNetwork(nursery)
+        store, cid = seeded_store(tmp_path / "a", data)
+        net.add("a", BlockExchange(store, net.open_stream_from("a")))
+        svc = fetching_service(tmp_path, net)
+        collected = gc_right_after_writing(svc.store)
+        dest = tmp_path / "out.bin"
+        result = await svc.get({"cid": cid, "dest": str(dest), "pin": pin})
+        nursery.cancel_scope.cancel()
+    assert result["fetched_blocks"] == 9
+    assert collected and collected[0].blocks == 0
+    assert dest.read_bytes() == data
+    assert svc.store.pins() == ([cid] if pin else [])
+    # without a pin the blocks are gc's to take once the get has returned
+    assert svc.store.gc().blocks == (0 if pin else 9)
+
+
+async def test_a_pin_request_survives_a_gc_between_fetch_and_pin(tmp_path):
+    data = payload(2 * MiB)
+    async with trio.open_nursery() as nursery:
+        net = FakeNetwork(nursery)
+        store, cid = seeded_store(tmp_path / "a", data)
+        net.add("a", BlockExchange(store, net.open_stream_from("a")))
+        svc = fetching_service(tmp_path, net)
+        collected = gc_right_after_writing(svc.store)
+        req = PinRequest(req_id=1, cid=cid, size=len(data), duration_s=3600.0)
+        response = await svc.replicator.on_pin_request("a", req)
+        nursery.cancel_scope.cancel()
+    assert response.accepted, response.reason
+    assert collected and collected[0].blocks == 0
+    assert svc.store.pins() == [cid]
+    assert svc.store.missing(cid) == []

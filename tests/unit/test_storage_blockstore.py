@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,35 @@ def test_gc_keeps_blocks_shared_with_a_pinned_dag(store: BlockStore) -> None:
     store.add_stream(io.BytesIO(shared + b"b"), pin=False)
     store.gc()
     assert store.missing(a.cid) == []
+
+
+def test_a_lease_keeps_an_unpinned_dag_from_gc_until_released(store: BlockStore) -> None:
+    data = blob(10, 2 * CHUNK + 3)
+    held = store.add_stream(io.BytesIO(data), pin=False)
+    loose = cid_of_bytes(b"loose")
+    store.put(loose, b"loose")
+    with store.lease(held.cid):
+        with store.lease(held.cid):  # leases nest
+            pass
+        assert store.gc().blocks == 1  # only the loose block
+        assert b"".join(export(held.cid, store.get)) == data
+        assert store.pins() == []  # a lease is not a pin
+    assert store.gc().blocks == 4 and store.stat().blocks == 0
+
+
+def test_a_lease_waits_for_a_running_gc(store: BlockStore) -> None:
+    held = store.add_stream(io.BytesIO(blob(11, CHUNK + 1)), pin=False)
+    entered = threading.Event()
+    lease = store.lease(held.cid)
+    with store._guard.collecting():  # a gc is running
+        t = threading.Thread(target=lambda: lease.__enter__() or entered.set())
+        t.start()
+        assert not entered.wait(0.2)
+    t.join(5)
+    assert entered.is_set()
+    assert store.gc().blocks == 0  # the lease taken after that gc holds for the next
+    lease.__exit__(None, None, None)
+    assert store.gc().blocks == 3
 
 
 def test_quota_full_is_a_clear_error_and_leaves_the_store_consistent(tmp_path: Path) -> None:
