@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +25,9 @@ from maskd.devnet import (
 
 
 def _console() -> Console:
-    return Console(stderr=False, highlight=False)
+    # piped (make demo > log): wide enough that the summary rows do not wrap
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(stderr=False, highlight=False, width=wide)
 
 
 @click.group("devnet")
