@@ -79,30 +79,71 @@ class MeshGossip:
 
 
 class MarketTransport:
-    """One message per stream: simple, and the shell already keeps per-peer order."""
+    """One long-lived ``/mask/market/1`` stream per peer, varint-framed messages.
 
-    def __init__(self, mesh):
+    Opening a stream costs a multistream negotiation (~6-10 ms on loopback), so a
+    stream is kept and reused; ``handle_market_stream`` reads frames in a loop.
+    Sends to one peer are serialised by a per-peer lock (the requester and the
+    provider service share this transport), so frames never interleave and leave
+    in call order. A write that fails on a kept stream is retried once on a fresh
+    one (a duplicate is harmless: the cores drop stale and repeated messages); a
+    stream idle longer than ``idle_s`` is closed rather than reused, well inside
+    the server's 30 s read timeout, so a write never lands on a stream the
+    server has stopped reading.
+    """
+
+    def __init__(self, mesh, *, idle_s: float = 10.0):
         self.mesh = mesh
+        self.idle_s = idle_s
+        self._streams: dict[str, tuple[Any, float]] = {}  # peer -> (stream, last used)
+        self._locks: dict[str, trio.Lock] = {}
 
     async def send(self, peer_id: str, data: bytes) -> None:
         from libp2p.utils.varint import encode_uvarint
 
-        try:
-            with trio.fail_after(10):
-                stream = await self.mesh.new_stream(peer_id, MARKET_PROTOCOL)
-                try:
-                    await stream.write(encode_uvarint(len(data)) + data)
-                    await stream.close()
-                except BaseException:
-                    with trio.move_on_after(1):
-                        await stream.reset()
-                    raise
-        except trio.TooSlowError:
-            raise OSError(f"sending to {peer_id} timed out") from None
-        except OSError:
-            raise
-        except Exception as exc:  # libp2p's stream and dial errors
-            raise OSError(f"cannot reach {peer_id}: {exc}") from None
+        frame = encode_uvarint(len(data)) + data
+        lock = self._locks.setdefault(peer_id, trio.Lock())
+        async with lock:
+            kept = self._streams.pop(peer_id, None)
+            if kept is not None:
+                stream, used = kept
+                if time.monotonic() - used <= self.idle_s:
+                    try:
+                        with trio.fail_after(10):
+                            await stream.write(frame)
+                        self._streams[peer_id] = (stream, time.monotonic())
+                        return
+                    except trio.Cancelled:
+                        await self._discard(stream, reset=True)
+                        raise
+                    except Exception:
+                        await self._discard(stream, reset=True)
+                else:
+                    await self._discard(stream, reset=False)
+            try:
+                with trio.fail_after(10):
+                    stream = await self.mesh.new_stream(peer_id, MARKET_PROTOCOL)
+                    try:
+                        await stream.write(frame)
+                    except BaseException:
+                        await self._discard(stream, reset=True)
+                        raise
+                self._streams[peer_id] = (stream, time.monotonic())
+            except trio.TooSlowError:
+                raise OSError(f"sending to {peer_id} timed out") from None
+            except OSError:
+                raise
+            except Exception as exc:  # libp2p's stream and dial errors
+                raise OSError(f"cannot reach {peer_id}: {exc}") from None
+
+    @staticmethod
+    async def _discard(stream, *, reset: bool) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            try:
+                await (stream.reset() if reset else stream.close())
+            except Exception:
+                pass
 
 
 # ---------------------------------------------------------------- /mask/job/1

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "CAPACITY_CHECKS",
     "CHECKS",
     "Bid",
     "Check",
@@ -212,6 +213,10 @@ def _price(bid: Bid, s: ProviderState) -> Refusal | None:
 #: The default chain, cheapest and most decisive first. A banned requester
 #: learns nothing else about this provider.
 CHECKS: tuple[Check, ...] = (_banned, _executor, _busy, _cpu, _memory, _gpu, _deadline, _price)
+
+#: The checks a provider runs again when an agreement arrives: quotes reserve
+#: nothing, so the capacity the quote saw may be gone by then.
+CAPACITY_CHECKS: tuple[Check, ...] = (_busy, _cpu, _memory, _gpu)
 
 
 def evaluate(

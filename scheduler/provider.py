@@ -1,16 +1,22 @@
 """The provider's side of the market, sans-IO: events in, commands out.
 
 :class:`ProviderCore` answers bids with the bid policy (``scheduler.policy``),
-holds the capacity it quoted until the quote lapses, turns a valid agreement
+remembers what it quoted until the quote lapses, turns a valid agreement
 into a countersign and an execution, heartbeats while the job runs, and signs
 the result. Like the requester core it reads no clock and does no I/O; the
 commands it returns are run in order, persistence first.
 
-Capacity is counted in one place: quoted reservations plus running jobs,
-against the configured totals. A quote reserves because a provider that
-quotes what it cannot deliver wastes the requester's agreement round; it
-releases on lapse, on the requester's ``Cancel(reason="released")``, or when
-the agreement arrives (the reservation becomes the job).
+Capacity is counted in one place: running jobs against the configured
+totals. A quote does *not* reserve: it says "this is my price, and I had room
+when you asked". Capacity is committed only when the agreement arrives, and
+checked again then (hard, with the same policy checks as a bid): an agreement
+that no longer fits is declined with the capacity reason (``insufficient_cpu``,
+``busy``, ...) and the requester offers it to its next quote. Reserving on
+quote made a burst of bids fill every slot with reservations for the same
+first few jobs (every provider sees the bids in the same order) and refuse the
+rest for a whole re-bid period; a declined agreement costs one round trip.
+A remembered quote is dropped on lapse, on the requester's
+``Cancel(reason="released")``, or when the agreement arrives.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ class ProviderConfig:
     gpu: int = 0
     executors: frozenset[str] = frozenset({"wasm"})
     banned: frozenset[str] = frozenset()
-    max_concurrent_jobs: int = 8  # running jobs plus outstanding quotes
+    max_concurrent_jobs: int = 8  # running jobs
+    max_open_quotes: int = 4096  # quotes remembered at once (they reserve nothing)
     quote_ttl_s: float = 30.0
     start_margin_s: float = 5.0
 
@@ -204,11 +211,8 @@ class ProviderCore:
         return list(self._reservations)
 
     def free(self) -> tuple[int, int, int]:
-        """Free (cpu, memory_mb, gpu): the totals less reservations and running jobs."""
+        """Free (cpu, memory_mb, gpu): the totals less running jobs (quotes reserve nothing)."""
         cpu, mem, gpu = self.config.cpu, self.config.memory_mb, self.config.gpu
-        for r in self._reservations.values():
-            req = r.bid.requirements
-            cpu, mem, gpu = cpu - req.cpu, mem - req.memory_mb, gpu - req.gpu
         for j in self._jobs.values():
             t = j.agreement.terms
             cpu, mem, gpu = cpu - t.cpu, mem - t.memory_mb, gpu - t.gpu
@@ -232,35 +236,15 @@ class ProviderCore:
             self.counters["bid_stale"] += 1
             return []
         cpu, mem, gpu = self.free()
-        req = bid.requirements
-        state = policy.ProviderState(
-            executors=self.config.executors,
-            free_cpu=cpu,
-            free_memory_mb=mem,
-            free_gpu=gpu,
-            prices=self.config.prices,
-            banned=self.config.banned,
-            running_jobs=len(self._jobs) + len(self._reservations),
-            max_concurrent_jobs=self.config.max_concurrent_jobs,
-            now=now,
-            start_margin_seconds=self.config.start_margin_s,
-            quote_ttl_seconds=self.config.quote_ttl_s,
-        )
-        decision = policy.evaluate(
-            policy.Bid(
-                job_id=bid.job_id,
-                requester=bid.peer_id,
-                executor=req.executor,
-                cpu=req.cpu,
-                memory_mb=req.memory_mb,
-                gpu=req.gpu,
-                max_seconds=req.max_seconds,
-                max_total=int(bid.max_total),
-                deadline=float(bid.deadline),
-            ),
-            state,
-        )
         me = self.config.peer_id
+        if len(self._reservations) >= self.config.max_open_quotes:
+            self.counters["refused_busy"] += 1
+            detail = f"{len(self._reservations)} quotes outstanding"
+            refusal = Refusal(
+                job_id=bid.job_id, bid_seq=bid.seq, peer_id=me, reason="busy", detail=detail
+            )
+            return [SendRefusal(bid.peer_id, refusal)]
+        decision = policy.evaluate(self._policy_bid(bid), self._policy_state(now))
         if isinstance(decision, policy.Refusal):
             self.counters[f"refused_{decision.reason.value}"] += 1
             refusal = Refusal(
@@ -316,6 +300,13 @@ class ProviderCore:
             self.counters["bad_agreement"] += 1
             return [self._decline(source, t.job_id, "bad_agreement", problem, res.bid.seq)]
         del self._reservations[t.job_id]
+        # the quote reserved nothing: commit only if the job still fits now
+        full = policy.evaluate(
+            self._policy_bid(res.bid), self._policy_state(now), checks=policy.CAPACITY_CHECKS
+        )
+        if isinstance(full, policy.Refusal):
+            self.counters[f"agreement_declined_{full.reason.value}"] += 1
+            return [self._decline(source, t.job_id, full.reason.value, full.detail, res.bid.seq)]
         signed = msgspec.structs.replace(a, provider_signature=self._keys.sign_agreement(t))
         interval = t.heartbeat_interval_ms / 1000
         job = _Job(signed, JobState.PENDING, interval, now + interval)
@@ -453,6 +444,37 @@ class ProviderCore:
         ]
 
     # --- helpers ----------------------------------------------------------------
+
+    def _policy_state(self, now: float) -> policy.ProviderState:
+        cpu, mem, gpu = self.free()
+        return policy.ProviderState(
+            executors=self.config.executors,
+            free_cpu=cpu,
+            free_memory_mb=mem,
+            free_gpu=gpu,
+            prices=self.config.prices,
+            banned=self.config.banned,
+            running_jobs=len(self._jobs),
+            max_concurrent_jobs=self.config.max_concurrent_jobs,
+            now=now,
+            start_margin_seconds=self.config.start_margin_s,
+            quote_ttl_seconds=self.config.quote_ttl_s,
+        )
+
+    @staticmethod
+    def _policy_bid(bid: JobBid) -> policy.Bid:
+        req = bid.requirements
+        return policy.Bid(
+            job_id=bid.job_id,
+            requester=bid.peer_id,
+            executor=req.executor,
+            cpu=req.cpu,
+            memory_mb=req.memory_mb,
+            gpu=req.gpu,
+            max_seconds=req.max_seconds,
+            max_total=int(bid.max_total),
+            deadline=float(bid.deadline),
+        )
 
     def _heartbeat(self, job: _Job, now: float) -> SendHeartbeat:
         hb = Heartbeat(

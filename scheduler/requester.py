@@ -26,7 +26,8 @@ are dropped and counted in :attr:`RequesterCore.counters`, never raised.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, OrderedDict
+import math
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -70,6 +71,10 @@ __all__ = [
 
 ROLE = "requester"
 _PLACED = frozenset({JobState.MATCHED, JobState.RUNNING})
+#: An agreement declined for one of these may be offered to that provider in a later round.
+_TRANSIENT_DECLINES = frozenset(
+    {"busy", "insufficient_cpu", "insufficient_memory", "insufficient_gpu", "quote_lapsed"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,9 @@ class RequesterConfig:
     enough_quotes: int = 3  # ... or choose as soon as this many arrived
     bid_ttl_s: float = 30.0
     rebid_after_s: float = 1.0  # a round with no usable quote is repeated after this
+    rebid_jitter: float = 0.5  # ... plus up to this fraction more, per job (spreads re-bids)
+    admit_by_offers: bool = True  # bid for no more cpu at once than the offer book holds ...
+    admit_extra: float = 0.0  # ... times (1 + this); 0.5 measured worse (re-bid rounds)
     agreement_timeout_s: float = 5.0  # countersign or be skipped
     heartbeat_interval_s: float = 1.0  # asked of the provider in the agreement
     missed_heartbeats: int = 3  # this many missed intervals and the provider is replaced
@@ -145,7 +153,9 @@ class RequesterJob:
     submitted_at: float
     state: JobState = JobState.PENDING
     bid_seq: int = 0
+    queued: bool = False  # waiting for room in the offer book before its first bid
     round_opened_at: float = 0.0
+    answered: set[str] = field(default_factory=set)  # peers that answered this round
     window_ends: float | None = None
     rebid_at: float | None = None
     quotes: dict[str, Quote] = field(default_factory=dict)
@@ -194,6 +204,8 @@ class RequesterCore:
         self._jobs: dict[str, RequesterJob] = {}
         self._finished: OrderedDict[str, RequesterJob] = OrderedDict()
         self._submitted = 0
+        self._queue: deque[str] = deque()  # queued job ids, submission order
+        self._admit_check_at: float | None = None
         self.counters: Counter[str] = Counter()
 
     # --- queries --------------------------------------------------------------
@@ -211,7 +223,10 @@ class RequesterCore:
         return explain_job(job, self._offers(), now=now)
 
     def next_deadline(self) -> float | None:
-        return min((t for job in self._jobs.values() for t in job.timers()), default=None)
+        times = [t for job in self._jobs.values() for t in job.timers()]
+        if self._queue and self._admit_check_at is not None:
+            times.append(self._admit_check_at)
+        return min(times, default=None)
 
     # --- local inputs -----------------------------------------------------------
 
@@ -251,13 +266,14 @@ class RequesterCore:
             "deadline": job.deadline,
             "submitted_at": now,
         }
-        return job_id, [CreateJob(job_id, ROLE, stored), *self._new_round(job, now)]
+        return job_id, [CreateJob(job_id, ROLE, stored), *self._enqueue(job, now)]
 
     def cancel(self, job_id: str, now: float) -> list[RequesterCommand]:
         job = self._jobs.get(job_id)
         if job is None:
             raise JobError(f"job {job_id} is not active", code="job_not_active")
-        return self._finish(job, JobEvent.CANCELLED, now, stop_provider="cancelled")
+        cmds = self._finish(job, JobEvent.CANCELLED, now, stop_provider="cancelled")
+        return cmds + self._admit(now)
 
     def output_verified(
         self, job_id: str, ok: bool, detail: str, now: float
@@ -268,11 +284,11 @@ class RequesterCore:
             return []
         if not ok:
             error = {"code": "verification_failed", "message": detail}
-            return self._finish(job, JobEvent.FAILED, now, error=error)
+            return self._finish(job, JobEvent.FAILED, now, error=error) + self._admit(now)
         owed = OwedEntry(
             job.job_id, job.terms.provider_peer, job.terms.provider_account, job.terms.price_total
         )
-        return self._finish(job, JobEvent.VERIFIED, now, owed=owed)
+        return self._finish(job, JobEvent.VERIFIED, now, owed=owed) + self._admit(now)
 
     def resume(self, row: JobRow, now: float) -> list[RequesterCommand]:
         """Pick up a job a previous run of the daemon left open (``store.open_jobs``)."""
@@ -297,7 +313,7 @@ class RequesterCore:
         )
         self._jobs[job.job_id] = job
         if row.state is JobState.PENDING or row.agreement is None:
-            return self._new_round(job, now)
+            return self._enqueue(job, now)
         agreement = msgspec.msgpack.decode(row.agreement, type=Agreement)
         job.terms, job.provider = agreement.terms, agreement.terms.provider_peer
         if row.state is JobState.VERIFYING and row.output_cid:
@@ -314,6 +330,12 @@ class RequesterCore:
         self, source: str, message: MarketMessage, now: float
     ) -> list[RequesterCommand]:
         """A direct message from ``source`` (the stream's authenticated peer id)."""
+        cmds = self._handle_message(source, message, now)
+        return cmds + self._admit(now) if self._queue else cmds
+
+    def _handle_message(
+        self, source: str, message: MarketMessage, now: float
+    ) -> list[RequesterCommand]:
         job_id = message.terms.job_id if isinstance(message, Agreement) else message.job_id
         job = self._jobs.get(job_id)
         if isinstance(message, JobResult):
@@ -353,26 +375,41 @@ class RequesterCore:
             return []
         job.quotes[source] = q
         job.refusals.pop(source, None)
+        job.answered.add(source)
         waiting_for_window = job.window_ends is not None
         if job.offered is None and (
-            not waiting_for_window or len(job.quotes) >= self.config.enough_quotes
+            not waiting_for_window
+            or len(job.quotes) >= self.config.enough_quotes
+            or self._all_answered(job)
         ):
             return self._select(job, now)
         return []
+
+    def _all_answered(self, job: RequesterJob) -> bool:
+        """Every other provider in the offer book answered this round: waiting out
+        the quote window would bring nothing more."""
+        me = self.config.peer_id
+        expected = {o.peer_id for o in self._offers()} - {me}
+        return bool(expected) and expected <= job.answered
 
     def _on_refusal(self, source: str, r: Refusal, job: RequesterJob, now: float) -> list:
         if r.peer_id != source:
             self.counters["refusal_source_mismatch"] += 1
             return []
         if job.offered is not None and job.offered.provider_peer == source:
-            # the provider declined the agreement itself (its quote lapsed, say)
+            # the provider declined the agreement itself: full by now (quotes reserve
+            # nothing), its quote lapsed, or it found fault with the terms
             job.refusals[source] = r
             job.quotes.pop(source, None)
-            job.excluded.add(source)
+            if r.reason not in _TRANSIENT_DECLINES:
+                job.excluded.add(source)  # a later round may ask it again otherwise
             job.offered = job.agreement_deadline = None
             return self._select(job, now)
         if job.state is JobState.PENDING and r.bid_seq == job.bid_seq:
             job.refusals[source] = r
+            job.answered.add(source)
+            if job.window_ends is not None and job.offered is None and self._all_answered(job):
+                return self._select(job, now)
         return []
 
     def _on_countersign(self, source: str, a: Agreement, job: RequesterJob, now: float) -> list:
@@ -452,13 +489,28 @@ class RequesterCore:
         if r.error_code:
             cmds.append(self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage))
             error = {"code": r.error_code, "message": r.error_message, "exit_code": r.exit_code}
-            return cmds + self._finish(job, JobEvent.FAILED, now, error=error)
+            return cmds + self._finish(job, JobEvent.FAILED, now, error=error) + self._wake_one(now)
         job.output_cid = r.output_cid
         cmds.append(
             self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, output_cid=r.output_cid)
         )
         cmds.append(FetchOutput(job.job_id, source, r.output_cid, job.spec.verify.mode))
-        return cmds
+        return cmds + self._wake_one(now)
+
+    def _wake_one(self, now: float) -> list[RequesterCommand]:
+        """A result means a provider has just freed the job's capacity: the oldest job
+        waiting out its re-bid delay bids again now rather than when the delay ends."""
+        for job in self._jobs.values():
+            if (
+                job.state is JobState.PENDING
+                and not job.queued
+                and job.rebid_at is not None
+                and job.offered is None
+                and job.window_ends is None
+            ):
+                self.counters["rebid_woken"] += 1
+                return self._new_round(job, now)
+        return []
 
     # --- timers -----------------------------------------------------------------
 
@@ -466,7 +518,7 @@ class RequesterCore:
         cmds: list[RequesterCommand] = []
         for job in list(self._jobs.values()):
             cmds += self._job_timers(job, now)
-        return cmds
+        return cmds + self._admit(now)
 
     def _job_timers(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
         if (
@@ -481,7 +533,7 @@ class RequesterCore:
             if job.provider_deadline is not None and now >= job.provider_deadline:
                 return self._replace(job, now, reason="provider_deadline_missed")
             return []
-        if job.state is not JobState.PENDING:
+        if job.state is not JobState.PENDING or job.queued:
             return []
         if job.agreement_deadline is not None and now >= job.agreement_deadline:
             assert job.offered is not None
@@ -497,10 +549,55 @@ class RequesterCore:
 
     # --- steps ------------------------------------------------------------------
 
+    def _enqueue(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
+        job.queued = True
+        self._queue.append(job.job_id)
+        return self._admit(now)
+
+    def _admit(self, now: float) -> list[RequesterCommand]:
+        """Open the first bid round of queued jobs, in submission order, while the
+        cpu they ask for fits in what the offer book holds less what this node's
+        jobs already bid for or occupy. Bidding for more at once only collects
+        refusals and re-bids. An empty book (or ``admit_by_offers`` off) limits
+        nothing; one job is always let through."""
+        if not self._queue:
+            self._admit_check_at = None
+            return []
+        cmds: list[RequesterCommand] = []
+        room: int | None = None
+        if self.config.admit_by_offers:
+            me = self.config.peer_id
+            total = math.ceil(
+                sum(o.cpu for o in self._offers() if o.peer_id != me)
+                * (1 + self.config.admit_extra)
+            )
+            if total > 0:
+                busy = sum(
+                    j.requirements.cpu
+                    for j in self._jobs.values()
+                    if not j.queued and j.state in (JobState.PENDING, *_PLACED)
+                )
+                room = total - busy
+        while self._queue:
+            job = self._jobs.get(self._queue[0])
+            if job is None or not job.queued:
+                self._queue.popleft()
+                continue
+            if room is not None and job.requirements.cpu > room and room < total:
+                break
+            self._queue.popleft()
+            job.queued = False
+            if room is not None:
+                room -= job.requirements.cpu
+            cmds += self._new_round(job, now)
+        self._admit_check_at = now + self.config.rebid_after_s if self._queue else None
+        return cmds
+
     def _new_round(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
         job.bid_seq += 1
         job.round_opened_at = now
         job.quotes.clear()
+        job.answered = set()
         job.window_ends = now + self.config.quote_window_s
         job.rebid_at = None
         bid = JobBid(
@@ -537,7 +634,11 @@ class RequesterCore:
             candidates,
         )
         if not ranked:
-            job.rebid_at = max(now, job.round_opened_at + self.config.rebid_after_s)
+            # deterministic per job and round, so re-bids of a burst do not all land at once
+            u = hashlib.sha256(f"{job.job_id}/{job.bid_seq}".encode()).digest()
+            jitter = self.config.rebid_jitter * int.from_bytes(u[:8], "big") / 2**64
+            delay = self.config.rebid_after_s * (1 + jitter)
+            job.rebid_at = max(now, job.round_opened_at + delay)
             return self._new_round(job, now) if job.rebid_at <= now else []
         best = job.quotes[ranked[0].peer_id]
         terms = AgreementTerms(

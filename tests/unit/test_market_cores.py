@@ -162,19 +162,39 @@ def test_provider_refuses_a_forged_requester_signature():
     )
 
 
-def test_quote_reserves_capacity_until_it_lapses():
+def test_quotes_reserve_nothing_the_agreement_rechecks_capacity():
+    # A quote no longer holds capacity: in a burst every provider would hold its
+    # slots for the same first jobs and refuse the rest for a re-bid period. The
+    # agreement is what commits, and the provider checks capacity again then.
     prov = provider(P1, cpu=1)
     core = requester()
-    _, c1 = core.submit(spec(), "bafkreispec1", T0)
-    _, c2 = core.submit(spec(), "bafkreispec2", T0)
-    assert isinstance(prov.handle_bid(c1[1].bid, T0)[0], SendQuote)
-    refusal = only(prov.handle_bid(c2[1].bid, T0), SendRefusal).message
-    assert refusal.reason == "insufficient_cpu"
+    j1, c1 = core.submit(spec(), "bafkreispec1", T0)
+    j2, c2 = core.submit(spec(), "bafkreispec2", T0)
+    q1 = only(prov.handle_bid(c1[1].bid, T0), SendQuote).message
+    q2 = only(prov.handle_bid(c2[1].bid, T0), SendQuote).message
+    assert prov.free() == (1, 4096, 0) and sorted(prov.reserved()) == sorted([j1, j2])
     assert prov.next_deadline() == T0 + 30  # quote ttl
+    core.handle_message(P1.peer_id, q1, T0)
+    core.handle_message(P1.peer_id, q2, T0)
+    a1, a2 = (c.message for c in core.handle_timer(T0 + 0.5) if isinstance(c, SendAgreement))
+    assert isinstance(prov.handle_message(R.peer_id, a1, T0 + 0.5)[2], SendProviderAgreement)
+    assert prov.free()[0] == 0
+    refusal = only(prov.handle_message(R.peer_id, a2, T0 + 0.5), SendRefusal).message
+    assert refusal.reason == "insufficient_cpu"
+    assert prov.reserved() == [] and prov.running() == [a1.terms.job_id]
+    # the requester has no other quote: it re-bids later, and may ask P1 again then
+    assert core.handle_message(P1.peer_id, refusal, T0 + 0.5) == []
+    assert P1.peer_id not in core.job(a2.terms.job_id).excluded
+
+
+def test_an_unused_quote_lapses():
+    prov = provider(P1, cpu=1)
+    _, c1 = requester().submit(spec(), "bafkreispec1", T0)
+    assert isinstance(prov.handle_bid(c1[1].bid, T0)[0], SendQuote)
     prov.handle_timer(T0 + 30)
     assert prov.reserved() == [] and prov.free() == (1, 4096, 0)
     assert isinstance(
-        prov.handle_bid(msgspec.structs.replace(c2[1].bid, seq=2), T0 + 30)[0], SendQuote
+        prov.handle_bid(msgspec.structs.replace(c1[1].bid, seq=2), T0 + 30)[0], SendQuote
     )
 
 
@@ -248,3 +268,54 @@ def test_explain_lists_quotes_and_refusals():
     kinds = {a["peer_id"]: (a["kind"], a.get("reason")) for a in e["answers"]}
     assert kinds == {P1.peer_id: ("refusal", "insufficient_cpu"), P2.peer_id: ("quote", None)}
     assert e["nearest_offers"] == []
+
+
+def _book(*peers, cpu=2):
+    from protocol.messages import ResourceOffer
+
+    offers = [
+        ResourceOffer(
+            offer_id=f"o{i}",
+            peer_id=p.peer_id,
+            seq=1,
+            identity=p.record,
+            cpu=cpu,
+            memory_mb=4096,
+            disk_mb=1024,
+        )
+        for i, p in enumerate(peers)
+    ]
+    return lambda: offers
+
+
+def test_requester_bids_for_no_more_than_the_book_holds_then_admits_in_order():
+    cfg = RequesterConfig(peer_id=R.peer_id, identity=R.record, admit_extra=0.0)
+    core = RequesterCore(cfg, AccountKeys(R.account_key), offers=_book(P1, cpu=2))
+    subs = [core.submit(spec(), f"bafkreispec{i}", T0) for i in range(3)]
+    assert [type(c) for _, cmds in subs for c in cmds] == [
+        CreateJob,
+        PublishBid,
+        CreateJob,
+        PublishBid,
+        CreateJob,
+    ]
+    assert core.job(subs[2][0]).queued and core._admit_check_at == T0 + 1.0
+    cmds = core.cancel(subs[0][0], T0 + 0.1)  # room again: the queued job bids
+    assert only(cmds, PublishBid).bid.job_id == subs[2][0]
+    assert not core.job(subs[2][0]).queued
+
+
+def test_every_provider_in_the_book_answered_selects_before_the_window_ends():
+    core = RequesterCore(
+        RequesterConfig(peer_id=R.peer_id, identity=R.record, enough_quotes=3),
+        AccountKeys(R.account_key),
+        offers=_book(P1, P2),
+    )
+    _, cmds = core.submit(spec(), "bafkreispec", T0)
+    bid = cmds[1].bid
+    q1 = only(provider(P1).handle_bid(bid, T0), SendQuote).message
+    r2 = only(provider(P2, cpu=0).handle_bid(bid, T0), SendRefusal).message
+    assert core.handle_message(P1.peer_id, q1, T0) == []  # P2 has not answered yet
+    assert only(core.handle_message(P2.peer_id, r2, T0 + 0.01), SendAgreement).peer_id == (
+        P1.peer_id
+    )
