@@ -733,6 +733,7 @@ class Jobs:
                 RequesterConfig(peer_id=ident.peer_id, identity=ident.record),
                 keys,
                 offers=node.book.offers,
+                peer_stats=self._peer_stats,
             ),
             store=async_store,
             gossip=MeshGossip(node.mesh),
@@ -769,6 +770,13 @@ class Jobs:
             )
         node.mesh.set_stream_handler(MARKET_PROTOCOL, self.handle_market_stream)
         node.mesh.set_stream_handler(JOB_PROTOCOL, self.handle_job_stream)
+
+    def _peer_stats(self, peer_id: str) -> tuple[float, float]:
+        """(reputation, latency ms) for selection: misbehaviour lowers reputation."""
+        mesh = self.node.mesh
+        reputation = -mesh.scores.score(peer_id, mesh.clock())
+        latency = next((v.latency_ms for v in mesh.peers() if v.peer_id == peer_id), None)
+        return reputation, latency if latency is not None else 1e6
 
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -196,11 +196,18 @@ class RequesterCore:
         keys: MarketKeys,
         *,
         offers: Callable[[], Iterable[ResourceOffer]] = tuple,
+        peer_stats: Callable[[str], tuple[float, float]] = lambda peer: (0.0, 0.0),
     ):
-        """``offers`` reads the offer book (for explanations); it must not do I/O."""
+        """``offers`` reads the offer book (for explanations); ``peer_stats(peer)``
+        gives (reputation from outside, latency in ms), e.g. from the mesh's
+        misbehaviour scores and pings. Neither may do I/O."""
         self.config = config
         self._keys = keys
         self._offers = offers
+        self._peer_stats = peer_stats
+        # Our own experience of each provider: +1 per verified job, -3 per job
+        # it lost (replaced) or failed verification. Added to peer_stats's.
+        self.reputation: Counter[str] = Counter()
         self._jobs: dict[str, RequesterJob] = {}
         self._finished: OrderedDict[str, RequesterJob] = OrderedDict()
         self._submitted = 0
@@ -283,8 +290,10 @@ class RequesterCore:
             self.counters["stale_verification"] += 1
             return []
         if not ok:
+            self.reputation[job.terms.provider_peer] -= 3
             error = {"code": "verification_failed", "message": detail}
             return self._finish(job, JobEvent.FAILED, now, error=error) + self._admit(now)
+        self.reputation[job.terms.provider_peer] += 1
         owed = OwedEntry(
             job.job_id, job.terms.provider_peer, job.terms.provider_account, job.terms.price_total
         )
@@ -618,17 +627,20 @@ class RequesterCore:
         """Offer the agreement to the best usable quote, or wait for the next round."""
         job.window_ends = None
         req = job.requirements
-        candidates = [
-            Candidate(
-                peer_id=peer,
-                price_total=int(q.price_total),
-                reputation=0.0,
-                latency_ms=0.0,
-                capacity=Capacity(q.free_cpu, q.free_memory_mb, q.free_gpu),
+        candidates = []
+        for peer, q in job.quotes.items():
+            if peer in job.excluded or q.valid_until <= now:
+                continue
+            outside, latency = self._peer_stats(peer)
+            candidates.append(
+                Candidate(
+                    peer_id=peer,
+                    price_total=int(q.price_total),
+                    reputation=float(self.reputation[peer]) + outside,
+                    latency_ms=latency,
+                    capacity=Capacity(q.free_cpu, q.free_memory_mb, q.free_gpu),
+                )
             )
-            for peer, q in job.quotes.items()
-            if peer not in job.excluded and q.valid_until > now
-        ]
         ranked = rank(
             Job(job.job_id, Requirements(req.cpu, req.memory_mb, req.gpu), job.max_total),
             candidates,
@@ -668,6 +680,7 @@ class RequesterCore:
         old = job.provider
         assert old is not None
         self.counters[f"replaced_{reason}"] += 1
+        self.reputation[old] -= 3
         cmds: list[RequesterCommand] = [
             self._transition(
                 job,
