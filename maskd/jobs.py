@@ -775,7 +775,7 @@ class Jobs:
         """(reputation, latency ms) for selection: misbehaviour lowers reputation."""
         mesh = self.node.mesh
         reputation = -mesh.scores.score(peer_id, mesh.clock())
-        latency = next((v.latency_ms for v in mesh.peers() if v.peer_id == peer_id), None)
+        latency = mesh.latency_ms(peer_id)
         return reputation, latency if latency is not None else 1e6
 
     # ------------------------------------------------------------------ run

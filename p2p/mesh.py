@@ -375,6 +375,11 @@ class Mesh:
         mesh = getattr(router, "mesh", None) or {}
         return {topic: len(mesh.get(topic, ())) for topic in self.topics}
 
+    def latency_ms(self, peer_id: str) -> float | None:
+        """Last ping round trip to a connected peer (None: not connected or not yet pinged)."""
+        state = self._peers.get(peer_id)
+        return None if state is None else state.latency_ms
+
     def connected_count(self) -> int:
         return len(self._peers)
 
