@@ -15,10 +15,21 @@ from collections.abc import Callable, Iterator
 from protocol.errors import StorageError
 from storage.cid import DAG_PB, RAW, cid_to_str, parse_cid, verify_block
 from storage.dagpb import decode_node
-from storage.unixfs import T_DIRECTORY, T_FILE, T_HAMT_SHARD, T_RAW, T_SYMLINK, decode_unixfs
+from storage.unixfs import (
+    HAMT_FANOUT,
+    HAMT_HASH_MURMUR3,
+    T_DIRECTORY,
+    T_FILE,
+    T_HAMT_SHARD,
+    T_RAW,
+    T_SYMLINK,
+    decode_unixfs,
+    hamt_hash,
+)
 
 GetBlock = Callable[[str], bytes]
 
+_HEX_UPPER = set(b"0123456789ABCDEF")
 MAX_DEPTH = 64  # a 174-ary file DAG of depth 8 already holds ~2^60 chunks
 
 
@@ -134,22 +145,70 @@ def _export_node(cid: str, get_block: GetBlock, dest: str, verify: bool, depth: 
         with open(dest, "xb") as f:
             for chunk in _read_file(cid, data, get_block, verify):
                 f.write(chunk)
-    elif kind == T_DIRECTORY:
+    elif kind in (T_DIRECTORY, T_HAMT_SHARD):
+        if kind == T_DIRECTORY:
+            entries = [(link.name, cid_to_str(link.hash)) for link in node.links]  # type: ignore[attr-defined]
+        else:
+            entries = list(_hamt_entries(cid, node, get_block, verify, b""))
         os.mkdir(dest)
         seen: set[str] = set()
-        for link in node.links:  # type: ignore[attr-defined]
-            name = _safe_name(link.name, cid)
+        for raw_name, child in entries:
+            name = _safe_name(raw_name, cid)
             if name in seen:
                 raise StorageError(f"directory {cid} repeats entry {name!r}", code="dag_invalid")
             seen.add(name)
-            child = cid_to_str(link.hash)
             _export_node(child, get_block, os.path.join(dest, name), verify, depth + 1)
     elif kind == T_SYMLINK:
         target = decode_unixfs(node.data).data or b""  # type: ignore[attr-defined]
         os.symlink(os.fsdecode(target), dest)
-    elif kind == T_HAMT_SHARD:
-        raise StorageError(
-            f"{cid} is a HAMT-sharded directory, not supported yet", code="unsupported_dag"
-        )
     else:
         raise StorageError(f"{cid} has UnixFS type {kind}, not exportable", code="dag_invalid")
+
+
+def _hamt_entries(
+    cid: str, node, get_block: GetBlock, verify: bool, path: bytes
+) -> Iterator[tuple[bytes, str]]:
+    """``(name, cid)`` of every entry under one HAMT shard node, checked as boxo
+    would build it: murmur3, fanout 256, two-hex-digit slot prefixes matching
+    the bitfield, and each entry in the slot its name hashes to."""
+    fs = decode_unixfs(node.data)
+    if fs.hash_type != HAMT_HASH_MURMUR3 or fs.fanout != HAMT_FANOUT:
+        raise StorageError(
+            f"HAMT shard {cid} has hashType {fs.hash_type} and fanout {fs.fanout};"
+            f" only murmur3 (0x{HAMT_HASH_MURMUR3:x}) and {HAMT_FANOUT} are supported",
+            code="unsupported_dag",
+        )
+    if len(path) >= 8:
+        raise StorageError(f"HAMT shard {cid} is nested too deep", code="dag_invalid")
+    bitfield = int.from_bytes(fs.data or b"", "big")
+    slots: list[int] = []
+    for link in node.links:
+        prefix = link.name[:2]
+        slot = int(prefix, 16) if len(prefix) == 2 and set(prefix) <= _HEX_UPPER else -1
+        if slot < 0 or (slots and slot <= slots[-1]):
+            raise StorageError(
+                f"HAMT shard {cid} has a bad or out-of-order link name {link.name!r}",
+                code="dag_invalid",
+            )
+        slots.append(slot)
+        child = cid_to_str(link.hash)
+        if len(link.name) == 2:
+            data = _fetch(child, get_block, verify)
+            kind, sub = _kind(child, data)
+            if kind != T_HAMT_SHARD:
+                raise StorageError(
+                    f"HAMT shard {cid} links to a non-shard {child}", code="dag_invalid"
+                )
+            yield from _hamt_entries(child, sub, get_block, verify, path + bytes([slot]))
+        else:
+            name = link.name[2:]
+            if hamt_hash(name)[: len(path) + 1] != path + bytes([slot]):
+                raise StorageError(
+                    f"HAMT shard {cid} holds {name!r} in slot {slot}, not where it hashes",
+                    code="dag_invalid",
+                )
+            yield name, child
+    if bitfield != sum(1 << slot for slot in slots):
+        raise StorageError(
+            f"HAMT shard {cid} bitfield does not match its links", code="dag_invalid"
+        )

@@ -15,9 +15,18 @@ Rules (measured against Kubo; golden vectors in tests/unit/test_storage_cid.py):
 - A directory is one dag-pb node with Data ``08 01`` (Type=Directory) and one
   link per entry, named, sorted by name bytes, Tsize = the child DAG's
   cumulative size. Hidden entries (name starting with ".") are skipped unless
-  ``hidden=True``, as Kubo does by default. Large directories are NOT
-  HAMT-sharded yet: above Kubo's threshold (links estimated over 256 KiB, about
-  3,000+ entries with typical names) our CID differs from Kubo's.
+  ``hidden=True``, as Kubo does by default.
+- A large directory is a HAMT instead (boxo's defaults, which Kubo uses):
+  when the sum over entries of ``len(name) + len(cid bytes)`` is strictly
+  greater than 256 KiB (about 5,000 entries with 15-byte names). Each shard
+  node has 256 slots; an entry's slot at depth ``d`` is byte ``d`` of the
+  big-endian first half (h1) of MurmurHash3-x64-128 (seed 0) of its name. A
+  slot holding one entry is a link named ``"%02X" % slot + name`` to the entry;
+  a slot holding several is a link named ``"%02X" % slot`` to a child shard.
+  Links are in slot order; the node's UnixFS Data is Type=HAMTShard, Data = the
+  occupancy bitfield as a big-endian integer without leading zero bytes,
+  hashType 0x22 (murmur3-x64-64), fanout 256. The shape depends only on the
+  set of names, never on insertion order.
 - A symlink is a dag-pb node with Data = Type=Symlink + target.
 
 The importer is streaming: it holds one chunk and, per DAG level, the pending
@@ -32,6 +41,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
+
+import mmh3
 
 from protocol.errors import StorageError
 from storage.cid import (
@@ -52,6 +63,12 @@ MAX_LINKS = 174
 T_RAW, T_DIRECTORY, T_FILE, T_METADATA, T_SYMLINK, T_HAMT_SHARD = range(6)
 DIRECTORY_DATA = b"\x08\x01"
 
+# HAMT-sharded directories (boxo's HAMTShardingSize, DefaultShardWidth, HashMurmur3)
+HAMT_THRESHOLD = 262_144
+HAMT_FANOUT = 256
+HAMT_HASH_MURMUR3 = 0x22
+_HAMT_MAX_DEPTH = 8  # one byte of the 64-bit hash per level
+
 Sink = Callable[[str, bytes], None]
 
 
@@ -70,12 +87,20 @@ class UnixFSData(NamedTuple):
     data: bytes | None
     filesize: int | None
     blocksizes: list[int]
+    hash_type: int | None = None
+    fanout: int | None = None
 
 
 def encode_unixfs(
-    type_: int, *, data: bytes | None = None, filesize: int | None = None, blocksizes=()
+    type_: int,
+    *,
+    data: bytes | None = None,
+    filesize: int | None = None,
+    blocksizes=(),
+    hash_type: int | None = None,
+    fanout: int | None = None,
 ) -> bytes:
-    """Field order 1, 2, 3, 4 with non-packed blocksizes, as Kubo writes them."""
+    """Field order 1..6 with non-packed blocksizes, as Kubo writes them."""
     out = bytearray(b"\x08" + encode_varint(type_))
     if data is not None:
         out += b"\x12" + encode_varint(len(data)) + data
@@ -83,6 +108,10 @@ def encode_unixfs(
         out += b"\x18" + encode_varint(filesize)
     for size in blocksizes:
         out += b"\x20" + encode_varint(size)
+    if hash_type is not None:
+        out += b"\x28" + encode_varint(hash_type)
+    if fanout is not None:
+        out += b"\x30" + encode_varint(fanout)
     return bytes(out)
 
 
@@ -94,6 +123,8 @@ def decode_unixfs(buf: bytes | None) -> UnixFSData:
     data: bytes | None = None
     filesize: int | None = None
     blocksizes: list[int] = []
+    hash_type: int | None = None
+    fanout: int | None = None
     try:
         for field, wire, value in iter_fields(buf):
             if field == 1 and wire == 0:
@@ -109,15 +140,19 @@ def decode_unixfs(buf: bytes | None) -> UnixFSData:
                 while pos < len(mv):  # type: ignore[arg-type]
                     size, pos = decode_varint(mv, pos)  # type: ignore[arg-type]
                     blocksizes.append(size)
-            elif field in (5, 6, 7, 8):
-                pass  # hashType, fanout, mode, mtime: not needed to read bytes
+            elif field == 5 and wire == 0:
+                hash_type = value  # type: ignore[assignment]
+            elif field == 6 and wire == 0:
+                fanout = value  # type: ignore[assignment]
+            elif field in (7, 8):
+                pass  # mode, mtime: not needed to read bytes
             else:
                 raise ValueError(f"unexpected field {field} (wire type {wire})")
     except ValueError as e:
         raise StorageError(f"malformed UnixFS Data: {e}", code="dag_invalid") from None
     if type_ is None or type_ > T_HAMT_SHARD:
         raise StorageError(f"UnixFS Data has bad Type {type_}", code="dag_invalid")
-    return UnixFSData(type_, data, filesize, blocksizes)
+    return UnixFSData(type_, data, filesize, blocksizes, hash_type, fanout)
 
 
 class _Child(NamedTuple):
@@ -245,6 +280,77 @@ def _import_symlink(path: str, sink: Sink) -> ImportResult:
     return ImportResult(format_cid(cid), 0, 1, len(node))
 
 
+def hamt_hash(name: bytes) -> bytes:
+    """The 8 hash bytes that place ``name`` in a HAMT (murmur3-x64-64: h1, big-endian)."""
+    return mmh3.hash64(name, seed=0, signed=False)[0].to_bytes(8, "big")
+
+
+def hamt_estimate(links: list[PBLink]) -> int:
+    """boxo's size estimate of a basic directory: link name bytes + CID bytes."""
+    return sum(len(link.name) + len(link.hash) for link in links)
+
+
+def _emit_dag_pb(node: bytes, sink: Sink) -> bytes:
+    cid = cid_bytes_v1(DAG_PB, hashlib.sha256(node).digest())
+    sink(format_cid(cid), node)
+    return cid
+
+
+def _build_shard(
+    entries: list[tuple[bytes, PBLink]], depth: int, sink: Sink
+) -> tuple[bytes, int, int]:
+    """One shard node over ``(hash, link)`` entries; ``(cid, tsize, blocks)``."""
+    if depth >= _HAMT_MAX_DEPTH:
+        names = ", ".join(repr(link.name) for _, link in entries[:3])
+        raise StorageError(
+            f"HAMT directory too deep: names {names} share a 64-bit hash",
+            code="import_failed",
+        )
+    slots: dict[int, list[tuple[bytes, PBLink]]] = {}
+    for entry in entries:
+        slots.setdefault(entry[0][depth], []).append(entry)
+    links: list[PBLink] = []
+    bitfield = 0
+    blocks = 0
+    for slot in sorted(slots):
+        bitfield |= 1 << slot
+        prefix = b"%02X" % slot
+        members = slots[slot]
+        if len(members) == 1:
+            link = members[0][1]
+            links.append(PBLink(link.hash, prefix + link.name, link.tsize))
+        else:
+            cid, tsize, sub_blocks = _build_shard(members, depth + 1, sink)
+            links.append(PBLink(cid, prefix, tsize))
+            blocks += sub_blocks
+    data = encode_unixfs(
+        T_HAMT_SHARD,
+        data=bitfield.to_bytes((bitfield.bit_length() + 7) // 8, "big"),
+        hash_type=HAMT_HASH_MURMUR3,
+        fanout=HAMT_FANOUT,
+    )
+    node = encode_node(links, data)
+    cid = _emit_dag_pb(node, sink)
+    return cid, len(node) + sum(link.tsize for link in links), blocks + 1
+
+
+def build_directory(
+    links: list[PBLink], sink: Sink, *, hamt_threshold: int = HAMT_THRESHOLD
+) -> tuple[str, int, int]:
+    """The directory over named ``links``: one node, or a HAMT when it is too big.
+
+    Returns ``(cid, tsize, blocks emitted)``. ``hamt_threshold=0`` never shards
+    (boxo's "option disabled"); Kubo's default is 256 KiB.
+    """
+    if hamt_threshold and hamt_estimate(links) > hamt_threshold:
+        cid, tsize, blocks = _build_shard([(hamt_hash(link.name), link) for link in links], 0, sink)
+        return format_cid(cid), tsize, blocks
+    links = sorted(links, key=lambda link: link.name)
+    node = encode_node(links, DIRECTORY_DATA)
+    cid = _emit_dag_pb(node, sink)
+    return format_cid(cid), len(node) + sum(link.tsize for link in links), 1
+
+
 def import_path(
     path: str | os.PathLike,
     sink: Sink,
@@ -252,6 +358,7 @@ def import_path(
     hidden: bool = False,
     chunk_size: int = CHUNK_SIZE,
     max_links: int = MAX_LINKS,
+    hamt_threshold: int = HAMT_THRESHOLD,
 ) -> ImportResult:
     """Import a file, a symlink or a directory tree (recursively) like ``ipfs add -r``."""
     p = os.fspath(path)
@@ -269,13 +376,15 @@ def import_path(
     size = blocks = 0
     for entry in entries:
         child = import_path(
-            entry.path, sink, hidden=hidden, chunk_size=chunk_size, max_links=max_links
+            entry.path,
+            sink,
+            hidden=hidden,
+            chunk_size=chunk_size,
+            max_links=max_links,
+            hamt_threshold=hamt_threshold,
         )
         links.append(PBLink(cid_to_bytes(child.cid), os.fsencode(entry.name), child.tsize))
         size += child.size
         blocks += child.blocks
-    node = encode_node(links, DIRECTORY_DATA)
-    cid = cid_bytes_v1(DAG_PB, hashlib.sha256(node).digest())
-    sink(format_cid(cid), node)
-    tsize = len(node) + sum(link.tsize for link in links)
-    return ImportResult(format_cid(cid), size, blocks + 1, tsize)
+    cid, tsize, dir_blocks = build_directory(links, sink, hamt_threshold=hamt_threshold)
+    return ImportResult(cid, size, blocks + dir_blocks, tsize)

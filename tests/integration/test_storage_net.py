@@ -82,6 +82,16 @@ def test_put_on_one_node_get_on_another_is_byte_identical(cluster, tmp_path):
         tree / "sub" / "x.bin"
     ).read_bytes()
     assert (tmp_path / "tree-out" / "y.txt").read_text() == "hello\n"
+    # and a directory big enough to be a HAMT (4,000 x (40 + 36) bytes > 256 KiB)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for i in range(4000):
+        (wide / f"{i:040d}").write_text(f"{i}\n")
+    cid = put(a, wide)["cid"]
+    get(b, cid, tmp_path / "wide-out")
+    out = sorted(p.name for p in (tmp_path / "wide-out").iterdir())
+    assert out == sorted(p.name for p in wide.iterdir())
+    assert (tmp_path / "wide-out" / f"{3999:040d}").read_text() == "3999\n"
 
 
 def test_a_dag_is_fetched_from_two_peers_at_once(cluster, tmp_path):

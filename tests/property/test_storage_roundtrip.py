@@ -74,15 +74,20 @@ def read_tree(path: Path):
     return {p.name: read_tree(p) for p in path.iterdir()}
 
 
-@settings(max_examples=40, deadline=None)
-@given(tree=st.dictionaries(names, trees, max_size=4))
-def test_directory_round_trip(tree: dict) -> None:
+@settings(max_examples=60, deadline=None)
+@given(
+    tree=st.dictionaries(names, trees, max_size=6),
+    # 1: every directory is a HAMT; 60: small ones are basic, larger ones sharded
+    hamt_threshold=st.sampled_from([1, 60, 262_144]),
+)
+def test_directory_round_trip(tree: dict, hamt_threshold: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
         write_tree(src, tree)
         sink = DictSink()
-        result = import_path(src, sink, chunk_size=64, max_links=3)
+        opts = dict(chunk_size=64, max_links=3, hamt_threshold=hamt_threshold)
+        result = import_path(src, sink, **opts)
         export_to_path(result.cid, sink.__getitem__, out)
         assert read_tree(out) == tree
         # the CID depends only on content: a second import is identical
-        assert import_path(src, DictSink(), chunk_size=64, max_links=3).cid == result.cid
+        assert import_path(src, DictSink(), **opts).cid == result.cid
