@@ -1,6 +1,7 @@
 """UnixFS importer: the DAG that ``ipfs add --cid-version=1 --raw-leaves`` builds.
 
-Rules (measured against Kubo; golden vectors in tests/unit/test_storage_cid.py):
+Rules (measured against Kubo; golden vectors in tests/unit/test_storage_cid.py
+for files and tests/unit/test_storage_kubo_dirs.py for directories):
 
 - Files are cut into fixed 262,144-byte chunks; every chunk is a raw block
   (codec 0x55). A file of one chunk *is* that raw block, the empty file too.
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
+import base58
 import mmh3
 
 from protocol.errors import StorageError
@@ -50,6 +52,7 @@ from storage.cid import (
     RAW,
     cid_bytes_v1,
     cid_to_bytes,
+    cid_to_str,
     decode_varint,
     encode_varint,
     format_cid,
@@ -165,19 +168,26 @@ class _BalancedBuilder:
     """Balanced-DAG state: ``levels[i]`` holds the finished children of the one
     unfinished node at height ``i + 1``. A full node is emitted at once."""
 
-    def __init__(self, sink: Sink, max_links: int) -> None:
+    def __init__(self, sink: Sink, max_links: int, cid_version: int = 1) -> None:
         self._sink = sink
         self._max_links = max_links
+        self._cid_version = cid_version
         self._levels: list[list[_Child]] = [[]]
         self.blocks = 0
         self.size = 0
 
     def add_leaf(self, chunk: bytes) -> None:
-        cid = cid_bytes_v1(RAW, hashlib.sha256(chunk).digest())
-        self._sink(format_cid(cid), chunk)
+        if self._cid_version == 1:
+            cid = cid_bytes_v1(RAW, hashlib.sha256(chunk).digest())
+            self._sink(format_cid(cid), chunk)
+            tsize = len(chunk)
+        else:  # Kubo's legacy leaf: a dag-pb File node holding the chunk
+            leaf = encode_node([], encode_unixfs(T_FILE, data=chunk or None, filesize=len(chunk)))
+            cid = _emit_dag_pb(leaf, self._sink, 0)
+            tsize = len(leaf)
         self.blocks += 1
         self.size += len(chunk)
-        self._push(0, _Child(cid, len(chunk), len(chunk)))
+        self._push(0, _Child(cid, tsize, len(chunk)))
 
     def _push(self, level: int, child: _Child) -> None:
         while True:
@@ -195,8 +205,7 @@ class _BalancedBuilder:
         filesize = sum(c.filesize for c in children)
         data = encode_unixfs(T_FILE, filesize=filesize, blocksizes=[c.filesize for c in children])
         node = encode_node([PBLink(c.cid, b"", c.tsize) for c in children], data)
-        cid = cid_bytes_v1(DAG_PB, hashlib.sha256(node).digest())
-        self._sink(format_cid(cid), node)
+        cid = _emit_dag_pb(node, self._sink, self._cid_version)
         self.blocks += 1
         return _Child(cid, len(node) + sum(c.tsize for c in children), filesize)
 
@@ -243,24 +252,32 @@ def import_file(
     *,
     chunk_size: int = CHUNK_SIZE,
     max_links: int = MAX_LINKS,
+    cid_version: int = 1,
 ) -> ImportResult:
     """Import one file (path or binary file object) and return its root.
 
     ``chunk_size`` and ``max_links`` exist for tests that need deep DAGs from
-    little data; only the defaults give Kubo's CIDs.
+    little data; only the defaults give Kubo's CIDs. ``cid_version=0`` is
+    Kubo's legacy default (CIDv0, leaves as dag-pb File nodes), kept so that
+    Kubo's many CIDv0 test vectors can check this importer; maskd itself
+    always uses 1 (CIDv1, raw leaves).
     """
     if chunk_size < 1 or max_links < 2:
         raise ValueError("chunk_size must be >= 1 and max_links >= 2")
+    if cid_version not in (0, 1):
+        raise ValueError("cid_version must be 0 or 1")
     if isinstance(src, (str, os.PathLike)):
         try:
             # unbuffered: each read is one syscall straight into the chunk
             with open(src, "rb", buffering=0) as f:
-                return import_file(f, sink, chunk_size=chunk_size, max_links=max_links)
+                return import_file(
+                    f, sink, chunk_size=chunk_size, max_links=max_links, cid_version=cid_version
+                )
         except OSError as e:
             raise StorageError(
                 f"cannot read {os.fspath(src)!r}: {e.strerror}", code="import_failed"
             ) from None
-    builder = _BalancedBuilder(sink, max_links)
+    builder = _BalancedBuilder(sink, max_links, cid_version)
     while True:
         chunk = _read_full(src, chunk_size)
         if not chunk:
@@ -269,15 +286,19 @@ def import_file(
         if len(chunk) < chunk_size:
             break
     root = builder.finish()
-    return ImportResult(format_cid(root.cid), builder.size, builder.blocks, root.tsize)
+    return ImportResult(cid_string(root.cid), builder.size, builder.blocks, root.tsize)
 
 
-def _import_symlink(path: str, sink: Sink) -> ImportResult:
+def cid_string(cid: bytes) -> str:
+    """What ``ipfs add`` prints: base32 for CIDv1, base58btc ``Qm…`` for CIDv0."""
+    return format_cid(cid) if cid[0] == 1 else base58.b58encode(cid).decode("ascii")
+
+
+def _import_symlink(path: str, sink: Sink, cid_version: int) -> ImportResult:
     target = os.fsencode(os.readlink(path))
     node = encode_node([], encode_unixfs(T_SYMLINK, data=target))
-    cid = cid_bytes_v1(DAG_PB, hashlib.sha256(node).digest())
-    sink(format_cid(cid), node)
-    return ImportResult(format_cid(cid), 0, 1, len(node))
+    cid = _emit_dag_pb(node, sink, cid_version)
+    return ImportResult(cid_string(cid), 0, 1, len(node))
 
 
 def hamt_hash(name: bytes) -> bytes:
@@ -290,14 +311,20 @@ def hamt_estimate(links: list[PBLink]) -> int:
     return sum(len(link.name) + len(link.hash) for link in links)
 
 
-def _emit_dag_pb(node: bytes, sink: Sink) -> bytes:
-    cid = cid_bytes_v1(DAG_PB, hashlib.sha256(node).digest())
-    sink(format_cid(cid), node)
+def _emit_dag_pb(node: bytes, sink: Sink, cid_version: int) -> bytes:
+    """Hand a dag-pb block to the sink (keyed by its base32 CIDv1); its binary CID."""
+    digest = hashlib.sha256(node).digest()
+    if cid_version == 0:
+        cid = b"\x12\x20" + digest  # a CIDv0 is the bare multihash
+        sink(cid_to_str(cid), node)
+    else:
+        cid = cid_bytes_v1(DAG_PB, digest)
+        sink(format_cid(cid), node)
     return cid
 
 
 def _build_shard(
-    entries: list[tuple[bytes, PBLink]], depth: int, sink: Sink
+    entries: list[tuple[bytes, PBLink]], depth: int, sink: Sink, cid_version: int
 ) -> tuple[bytes, int, int]:
     """One shard node over ``(hash, link)`` entries; ``(cid, tsize, blocks)``."""
     if depth >= _HAMT_MAX_DEPTH:
@@ -320,7 +347,7 @@ def _build_shard(
             link = members[0][1]
             links.append(PBLink(link.hash, prefix + link.name, link.tsize))
         else:
-            cid, tsize, sub_blocks = _build_shard(members, depth + 1, sink)
+            cid, tsize, sub_blocks = _build_shard(members, depth + 1, sink, cid_version)
             links.append(PBLink(cid, prefix, tsize))
             blocks += sub_blocks
     data = encode_unixfs(
@@ -330,12 +357,16 @@ def _build_shard(
         fanout=HAMT_FANOUT,
     )
     node = encode_node(links, data)
-    cid = _emit_dag_pb(node, sink)
+    cid = _emit_dag_pb(node, sink, cid_version)
     return cid, len(node) + sum(link.tsize for link in links), blocks + 1
 
 
 def build_directory(
-    links: list[PBLink], sink: Sink, *, hamt_threshold: int = HAMT_THRESHOLD
+    links: list[PBLink],
+    sink: Sink,
+    *,
+    hamt_threshold: int = HAMT_THRESHOLD,
+    cid_version: int = 1,
 ) -> tuple[str, int, int]:
     """The directory over named ``links``: one node, or a HAMT when it is too big.
 
@@ -343,12 +374,13 @@ def build_directory(
     (boxo's "option disabled"); Kubo's default is 256 KiB.
     """
     if hamt_threshold and hamt_estimate(links) > hamt_threshold:
-        cid, tsize, blocks = _build_shard([(hamt_hash(link.name), link) for link in links], 0, sink)
-        return format_cid(cid), tsize, blocks
+        entries = [(hamt_hash(link.name), link) for link in links]
+        cid, tsize, blocks = _build_shard(entries, 0, sink, cid_version)
+        return cid_string(cid), tsize, blocks
     links = sorted(links, key=lambda link: link.name)
     node = encode_node(links, DIRECTORY_DATA)
-    cid = _emit_dag_pb(node, sink)
-    return format_cid(cid), len(node) + sum(link.tsize for link in links), 1
+    cid = _emit_dag_pb(node, sink, cid_version)
+    return cid_string(cid), len(node) + sum(link.tsize for link in links), 1
 
 
 def import_path(
@@ -359,13 +391,16 @@ def import_path(
     chunk_size: int = CHUNK_SIZE,
     max_links: int = MAX_LINKS,
     hamt_threshold: int = HAMT_THRESHOLD,
+    cid_version: int = 1,
 ) -> ImportResult:
     """Import a file, a symlink or a directory tree (recursively) like ``ipfs add -r``."""
     p = os.fspath(path)
     if os.path.islink(p):
-        return _import_symlink(p, sink)
+        return _import_symlink(p, sink, cid_version)
     if not os.path.isdir(p):
-        return import_file(p, sink, chunk_size=chunk_size, max_links=max_links)
+        return import_file(
+            p, sink, chunk_size=chunk_size, max_links=max_links, cid_version=cid_version
+        )
     try:
         with os.scandir(p) as it:
             entries = [e for e in it if hidden or not e.name.startswith(".")]
@@ -382,9 +417,12 @@ def import_path(
             chunk_size=chunk_size,
             max_links=max_links,
             hamt_threshold=hamt_threshold,
+            cid_version=cid_version,
         )
         links.append(PBLink(cid_to_bytes(child.cid), os.fsencode(entry.name), child.tsize))
         size += child.size
         blocks += child.blocks
-    cid, tsize, dir_blocks = build_directory(links, sink, hamt_threshold=hamt_threshold)
+    cid, tsize, dir_blocks = build_directory(
+        links, sink, hamt_threshold=hamt_threshold, cid_version=cid_version
+    )
     return ImportResult(cid, size, blocks + dir_blocks, tsize)
