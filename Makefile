@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed-stamp
+JSIPFS_STAMP := .jsipfs/.installed-stamp
 
-.PHONY: all install demo test test-fast test-integration lint bench lock clean wasm
+.PHONY: all install jsipfs demo test test-fast test-integration lint bench lock clean wasm
 
 all: test
 
@@ -19,18 +20,25 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
 
 install: $(STAMP)
 
+# js-ipfs, the real IPFS daemon the external-backend test runs (no Kubo binary
+# installs offline): `npm ci` from scripts/jsipfs/package-lock.json into .jsipfs/.
+$(JSIPFS_STAMP): scripts/jsipfs/package.json scripts/jsipfs/package-lock.json scripts/jsipfs/install.sh
+	./scripts/jsipfs/install.sh
+
+jsipfs: $(JSIPFS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/mask demo
 
 # Everything: unit, property, component, tui and the multi-process tests.
-test: $(STAMP)
+test: $(STAMP) $(JSIPFS_STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests
 
 # The inner loop: no real processes.
 test-fast: $(STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/property tests/component tests/tui -m "not integration"
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) $(JSIPFS_STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/integration
 
 lint: $(STAMP)
@@ -52,4 +60,4 @@ lock: $(STAMP)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^maskd' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .devnet .demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .devnet .demo .jsipfs

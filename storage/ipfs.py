@@ -13,6 +13,14 @@ CIDs come back in the form the rest of maskd uses. ``add`` uses exactly the
 importer settings of ``storage.unixfs`` (CIDv1, raw leaves, 256 KiB chunks),
 and ``probe()`` checks at start that the daemon really computes our CIDs.
 
+Missing content: a daemon asked for a block it lacks searches the network
+for it and never answers on its own. ``block/get`` therefore passes the RPC
+API's ``timeout`` option (Kubo and js-ipfs both honour it), so the daemon
+gives up after ``timeout`` seconds and says so (``block_not_found``); our own
+read timeout is a little longer, so that answer arrives first. A daemon that
+stops answering altogether is ``ipfs_timeout``, one we cannot reach
+``ipfs_unavailable``.
+
 Blocking: the daemon calls this from ``trio.to_thread.run_sync``.
 """
 
@@ -40,6 +48,9 @@ ADD_PARAMS = {
 PROBE_SIZE = 600_000  # three chunks: checks chunking, raw leaves and the DAG node
 OCTET = "application/octet-stream"
 DIRECTORY = "application/x-directory"
+# our read timeout exceeds the daemon's own deadline by this much, so that the
+# daemon's "timed out" answer (a clear error) comes before ours
+READ_GRACE_S = 5.0
 
 
 def probe_blob() -> bytes:
@@ -52,7 +63,13 @@ def probe_blob() -> bytes:
     return bytes(out[:PROBE_SIZE])
 
 
-def _unavailable(api: str, exc: Exception) -> StorageError:
+def _unavailable(api: str, exc: Exception, timeout: float) -> StorageError:
+    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+        return StorageError(
+            f"the IPFS daemon at {api} did not answer within {timeout:g} s ({type(exc).__name__})",
+            code="ipfs_timeout",
+            hint="check the IPFS daemon's log, or raise storage.ipfs_timeout_s",
+        )
     return StorageError(
         f"the IPFS daemon at {api} is not reachable ({type(exc).__name__}: {exc})",
         code="ipfs_unavailable",
@@ -65,8 +82,9 @@ class KuboClient:
         self, api: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.api = api.rstrip("/")
+        self.timeout = timeout
         self._http = httpx.Client(
-            base_url=self.api + "/api/v0", timeout=timeout, transport=transport
+            base_url=self.api + "/api/v0", timeout=timeout + READ_GRACE_S, transport=transport
         )
 
     def close(self) -> None:
@@ -77,7 +95,7 @@ class KuboClient:
         try:
             response = self._http.post(endpoint, params=params, **kw)
         except httpx.TransportError as exc:
-            raise _unavailable(self.api, exc) from None
+            raise _unavailable(self.api, exc, self.timeout + READ_GRACE_S) from None
         self._check(endpoint, response)
         return response
 
@@ -88,11 +106,23 @@ class KuboClient:
             message = response.json().get("Message", "")
         except (ValueError, AttributeError):
             message = response.text[:200]
-        code = "block_not_found" if "not found" in message.lower() else "ipfs_error"
+        lower = message.lower()
+        hint = None
+        if "not found" in lower:
+            code = "block_not_found"
+        elif "timed out" in lower or "deadline exceeded" in lower:  # js-ipfs, Kubo
+            code = "block_not_found"
+            hint = (
+                f"the IPFS daemon found no copy within {self.timeout:g} s: the content may not "
+                "exist, or no peer it can reach has it (storage.ipfs_timeout_s sets the wait)"
+            )
+        else:
+            code = "ipfs_error"
+            hint = "check the IPFS daemon's log"
         raise StorageError(
             f"IPFS {endpoint} failed: HTTP {response.status_code} {message}".strip(),
             code=code,
-            hint="check the IPFS daemon's log" if code == "ipfs_error" else None,
+            hint=hint,
         )
 
     # -- calls -----------------------------------------------------------
@@ -139,7 +169,9 @@ class KuboClient:
         return canonical(root)
 
     def block_get(self, cid: str) -> bytes:
-        data = self._post("/block/get", {"arg": cid}).content
+        # the daemon's deadline: without it, a block nobody has is searched for forever
+        params = {"arg": cid, "timeout": f"{round(self.timeout * 1000)}ms"}
+        data = self._post("/block/get", params).content
         if not verify_block(cid, data):
             raise StorageError(
                 f"the IPFS daemon returned a block that does not hash to {cid}",
@@ -154,7 +186,11 @@ class KuboClient:
         return canonical(response.json()["Key"])
 
     def cat_to(self, cid: str, dest: str | os.PathLike) -> int:
-        """Stream a file's bytes into ``dest`` (created, must not exist)."""
+        """Stream a file's bytes into ``dest`` (created, must not exist).
+
+        No daemon deadline here (it would cut off a long download): content
+        the daemon cannot find ends in our read timeout, ``ipfs_timeout``.
+        """
         written = 0
         try:
             with self._http.stream("POST", "/cat", params={"arg": cid}) as response:
@@ -166,7 +202,7 @@ class KuboClient:
                         f.write(chunk)
                         written += len(chunk)
         except httpx.TransportError as exc:
-            raise _unavailable(self.api, exc) from None
+            raise _unavailable(self.api, exc, self.timeout + READ_GRACE_S) from None
         return written
 
     def pin_add(self, cid: str) -> None:

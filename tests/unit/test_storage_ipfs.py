@@ -62,10 +62,16 @@ class FakeKubo:
             return httpx.Response(200, text="\n".join(lines) + "\n")
         if path == "/api/v0/block/get":
             data = self.blocks.get(q["arg"])
-            if data is None:
-                return httpx.Response(500, json={"Message": "block was not found locally"})
+            if data is None:  # a real daemon searches the network until its deadline
+                if "timeout" not in q:
+                    raise httpx.ReadTimeout("no answer", request=request)
+                return httpx.Response(
+                    500, json={"Message": "Failed to get block: request timed out"}
+                )
             return httpx.Response(200, content=b"X" + data[1:] if self.corrupt_blocks else data)
         if path == "/api/v0/cat":
+            if q["arg"] not in self.blocks:
+                raise httpx.ReadTimeout("no answer", request=request)
             return httpx.Response(200, content=b"".join(export(q["arg"], self.blocks.__getitem__)))
         if path in ("/api/v0/pin/add", "/api/v0/pin/rm"):
             (self.pins.add if path.endswith("add") else self.pins.discard)(q["arg"])
@@ -118,9 +124,19 @@ def test_add_cat_block_get_and_pins_round_trip(tmp_path):
     assert fake.pins == {cid}
     kubo.pin_rm(cid)
     assert fake.pins == set()
+
+
+def test_a_missing_block_is_not_found_after_the_daemons_deadline(tmp_path):
+    fake = FakeKubo()
+    kubo = KuboClient("http://127.0.0.1:5001", timeout=2.5, transport=fake.transport())
+    missing = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
     with pytest.raises(StorageError) as err:
-        kubo.block_get("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku")
+        kubo.block_get(missing)  # the fake hangs (ReadTimeout) unless given a deadline
     assert err.value.code == "block_not_found"
+    assert "request timed out" in str(err.value) and "within 2.5 s" in err.value.hint
+    with pytest.raises(StorageError) as err:
+        kubo.cat_to(missing, tmp_path / "out.bin")  # no deadline: our read timeout
+    assert err.value.code == "ipfs_timeout" and "did not answer" in str(err.value)
 
 
 def test_a_corrupt_block_from_the_daemon_is_refused(tmp_path):
