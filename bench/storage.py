@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import platform
@@ -232,6 +233,48 @@ def _same_file(a: Path, b: Path) -> bool:
                 return True
 
 
+class SyntheticFile(io.RawIOBase):
+    """``size`` bytes of distinct 256 KiB chunks, made on the fly (no disk, no RAM)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.counter = 0
+        self.noise = random.Random(5).randbytes(1 << 20)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.left)
+        if n <= 0:
+            return 0
+        start = (self.counter * 7919) % ((1 << 20) - n) if n < (1 << 20) else 0
+        piece = self.counter.to_bytes(8, "big") + self.noise[start : start + n - 8]
+        buf[:n] = piece[:n]
+        self.counter += 1
+        self.left -= n
+        return n
+
+
+def run_stream(size: int) -> None:
+    """Import ``size`` bytes from a stream: throughput and the process's peak RSS."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sink = CountingSink()
+    t, result = timed(lambda: import_file(io.BufferedReader(SyntheticFile(size)), sink))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    emit(
+        op="import_stream",
+        size_bytes=size,
+        blocks=sink.blocks,
+        seconds=round(t, 2),
+        mb_per_s=round(size / 1e6 / t, 1),
+        peak_rss_mb_before=round(before / 1024, 1),
+        peak_rss_mb_after=round(after / 1024, 1),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1MB,100MB", help="comma list, e.g. 1MB,100MB,1GB")
@@ -242,6 +285,9 @@ def main() -> None:
     parser.add_argument(
         "--transfer-sizes", default="", help="p2p transfer sizes, e.g. 100MB,1GB (none: skip)"
     )
+    parser.add_argument(
+        "--stream-size", default="", help="import this much from a stream and report peak RSS"
+    )
     args = parser.parse_args()
     emit(op="machine", python=platform.python_version(), cpus=os.cpu_count())
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="maskd-bench-") as tmp:
@@ -249,6 +295,8 @@ def main() -> None:
             size = parse_size(text)
             repeat = args.repeat or (3 if size < UNITS["GB"] else 1)
             run(size, Path(tmp), repeat)
+        if args.stream_size:
+            run_stream(parse_size(args.stream_size))
         if args.transfer_sizes:
             run_transfer([parse_size(t) for t in args.transfer_sizes.split(",")], Path(tmp))
 
