@@ -105,7 +105,9 @@ def jobs(state, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--follow", is_flag=True, help="Print state changes until the job ends.")
 @click.option(
-    "--logs", is_flag=True, help="Print the job's stdout and stderr (once it has a result)."
+    "--logs",
+    is_flag=True,
+    help="Print the job's stdout and stderr (once it has a result; failed runs too).",
 )
 @pass_state
 def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
@@ -136,12 +138,17 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
         c.print(f"[bold]{'usage':>16}[/] {data['usage']}")
     if data.get("error"):
         c.print(f"[bold red]{'error':>16}[/] {data['error']}")
+        if data.get("output_cid") and not logs:
+            c.print(f"{'':>16} the run's stdout and stderr: mask job {job_id} --logs")
     for t in data.get("transitions", []):
         c.print(
             f"{'':>16} {time.strftime('%H:%M:%S', time.localtime(t['at']))} {t['from']} -> {t['to']} ({t['event']})"
         )
     if logs:
         lg = data["logs"]
+        if not lg.get("available", True):
+            c.print("no logs here (yet): the job has no result, or it is still being fetched")
+            return
         c.print("[bold]stdout[/]\n" + (lg["stdout"] or "(empty)"))
         if lg["stderr"]:
             c.print("[bold]stderr[/]\n" + lg["stderr"])

@@ -526,6 +526,16 @@ class StorageOutputs:
             return True, ""
         return False, f"fetching the output took over {OUTPUT_FETCH_TIMEOUT_S:.0f} s"
 
+    async def fetch_logs(self, job_id: str, peer_id: str, output_cid: str) -> None:
+        dest = self.payloads.files.result(output_cid)
+        if dest.exists():
+            return
+        with trio.move_on_after(OUTPUT_FETCH_TIMEOUT_S):
+            try:
+                await self.payloads.fetch(peer_id, job_id, "result", output_cid, dest)
+            except (MaskError, OSError) as exc:
+                log.info("job %s failed and its logs could not be fetched: %s", job_id, exc)
+
 
 class PayloadClient:
     """Fetches private payloads for this node (its identity and X25519 key)."""

@@ -74,6 +74,9 @@ class Outputs(Protocol):
         self, peer_id: str, output_cid: str, verify_mode: str
     ) -> tuple[bool, str]: ...
 
+    async def fetch_logs(self, job_id: str, peer_id: str, output_cid: str) -> None:
+        """A failed job's output, kept for its logs; best effort (never raises)."""
+
 
 class Worker(Protocol):
     """Provider side: payload, sandboxed execution (cancellable), output storage."""
@@ -302,6 +305,8 @@ class RequesterService(_Shell):
             await self._gossip.publish(BIDS_TOPIC, data)
         elif isinstance(cmd, rq.FetchOutput):
             self._spawn(self._fetch, cmd)
+        elif isinstance(cmd, rq.FetchLogs):
+            self._spawn(self._outputs.fetch_logs, cmd.job_id, cmd.peer_id, cmd.output_cid)
         else:
             return False
         return True

@@ -60,6 +60,7 @@ from scheduler.store import CreateJob, JobRow, OwedEntry, RecordTransition
 
 __all__ = [
     "FetchOutput",
+    "FetchLogs",
     "PublishBid",
     "RequesterCommand",
     "RequesterConfig",
@@ -132,8 +133,18 @@ class FetchOutput:
     verify_mode: str
 
 
+@dataclass(frozen=True, slots=True)
+class FetchLogs:
+    """Fetch a failed job's output (its stdout and stderr) from the provider, so the
+    requester can read why it failed; best effort, nothing reports back."""
+
+    job_id: str
+    peer_id: str
+    output_cid: str
+
+
 RequesterCommand = (
-    CreateJob | RecordTransition | PublishBid | SendAgreement | SendCancel | FetchOutput
+    CreateJob | RecordTransition | PublishBid | SendAgreement | SendCancel | FetchOutput | FetchLogs
 )
 
 
@@ -496,9 +507,16 @@ class RequesterCore:
         job.liveness_deadline = job.provider_deadline = None
         usage = msgspec.to_builtins(r.usage)
         if r.error_code:
-            cmds.append(self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage))
+            # a failed run still has logs: keep its output CID and fetch it, so
+            # `mask job ID --logs` can show the program's stderr
+            fields = {"output_cid": r.output_cid} if r.output_cid else {}
+            cmds.append(self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, **fields))
             error = {"code": r.error_code, "message": r.error_message, "exit_code": r.exit_code}
-            return cmds + self._finish(job, JobEvent.FAILED, now, error=error) + self._wake_one(now)
+            cmds += self._finish(job, JobEvent.FAILED, now, error=error)
+            if r.output_cid:
+                job.output_cid = r.output_cid
+                cmds.append(FetchLogs(job.job_id, source, r.output_cid))
+            return cmds + self._wake_one(now)
         job.output_cid = r.output_cid
         cmds.append(
             self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, output_cid=r.output_cid)

@@ -172,6 +172,7 @@ class FakeOutputs:
     def __init__(self) -> None:
         self.stored: set[str] = set()
         self.fetched: list[str] = []
+        self.logs_fetched: list[tuple[str, str]] = []
 
     async def fetch_and_verify(
         self, peer_id: str, output_cid: str, verify_mode: str
@@ -181,3 +182,7 @@ class FakeOutputs:
         if output_cid in self.stored:
             return True, ""
         return False, f"output {output_cid} is not retrievable"
+
+    async def fetch_logs(self, job_id: str, peer_id: str, output_cid: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.logs_fetched.append((job_id, output_cid))

@@ -187,3 +187,27 @@ async def test_cancel_stops_the_job_on_the_provider(autojump_clock, tmp_path):
             assert p.service.core.running() == []
         assert req.store.owed() == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_run_keeps_its_output_so_the_requester_can_read_the_logs(
+    autojump_clock, tmp_path
+):
+    async with trio.open_nursery() as nursery:
+        market = Market(nursery, tmp_path)
+        failing = Script(error_code="nonzero_exit", error_message="exit 3", exit_code=3)
+        await market.add_provider(11, script=lambda job_id: failing)
+        req = await market.add_requester()
+        job_id = await req.service.submit(spec(), "bafkreispec")
+        assert await market.wait_state(job_id, JobState.FAILED) is JobState.FAILED
+        row = req.store.get(job_id, role="requester")
+        assert row.error["code"] == "nonzero_exit" and row.error["exit_code"] == 3
+        # the provider stored the run's output (its logs) and the requester kept the
+        # CID and fetched it, without verifying anything or paying for it
+        assert row.output_cid
+        with trio.fail_after(5):  # virtual time: the spawned fetch runs at once
+            while not market.outputs.logs_fetched:
+                await trio.sleep(0.01)
+        assert market.outputs.logs_fetched == [(job_id, row.output_cid)]
+        assert market.outputs.fetched == []
+        assert req.store.owed() == []
+        nursery.cancel_scope.cancel()

@@ -19,6 +19,8 @@ def wat(body: str, data: str = "") -> str:
   (import "wasi_snapshot_preview1" "path_open"
     (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   {data}
   (func (export "_start") (local $i i64) {body}))
@@ -34,6 +36,14 @@ OPEN_ETC_PASSWD = wat(
     "(call $exit (call $path_open (i32.const 3) (i32.const 0) (i32.const 1024) (i32.const 11)"
     " (i32.const 0) (i64.const 2) (i64.const 2) (i32.const 0) (i32.const 12)))",
     data='(data (i32.const 1024) "/etc/passwd")',
+)
+
+# writes "boom: bad input\n" to stderr (one iovec at 1024 -> 16 bytes at 2048), exits 3
+STDERR_EXIT3 = wat(
+    "(drop (call $fd_write (i32.const 2) (i32.const 1024) (i32.const 1) (i32.const 1100)))"
+    " (call $exit (i32.const 3))",
+    data='(data (i32.const 1024) "\\00\\08\\00\\00\\10\\00\\00\\00")'
+    ' (data (i32.const 2048) "boom: bad input\\n")',
 )
 
 
@@ -167,6 +177,7 @@ def test_limits_and_the_sandbox_end_jobs_with_clear_errors(market, tmp_path):
             job_toml(tmp_path, "escape", OPEN_ETC_PASSWD, inputs=[HELLO / "data"]),
             "nonzero_exit",
         ),
+        "stderr": (job_toml(tmp_path, "stderr", STDERR_EXIT3), "nonzero_exit"),
     }
     ids = {name: submit(requester, spec) for name, (spec, _) in cases.items()}
     done = wait_done(requester, list(ids.values()), 120)
@@ -177,6 +188,15 @@ def test_limits_and_the_sandbox_end_jobs_with_clear_errors(market, tmp_path):
         assert row["error"]["message"]
     # the escape attempt got an errno, not the file
     assert done[ids["escape"]]["error"]["exit_code"] not in (0, None)
+    # a failed run's logs reach the requester: why it failed is one command away
+    assert done[ids["stderr"]]["error"]["exit_code"] == 3
+    wait_until(
+        lambda: requester.call("v1.jobs.logs", {"job_id": ids["stderr"]})["available"],
+        30,
+        "the failed job's logs to arrive",
+    )
+    logs = requester.call("v1.jobs.logs", {"job_id": ids["stderr"]})
+    assert logs["stderr"] == "boom: bad input\n"
 
 
 def test_a_provider_killed_mid_job_is_replaced_and_the_job_is_owed_once(market, tmp_path):
