@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from p2p.settings import MeshSettings
 from protocol.errors import ConfigError
 
 Role = Literal["provider", "requester", "both"]
@@ -44,27 +45,8 @@ class IdentityConfig(_Section):
     scrypt_n: int = 262144
 
 
-class P2PConfig(_Section):
-    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
-    bootstrap: tuple[str, ...] = ()
-    mdns: bool = False
-    dht: bool = True
-    max_peers: int = 64
-    redial_interval_s: float = 5.0
-    discovery_interval_s: float = 30.0
-    ping_interval_s: float = 5.0
-    ping_timeout_s: float = 5.0
-    ping_failures: int = 3
-    heartbeat_interval_s: float = 1.0
-    degree: int = 6
-    degree_low: int = 4
-    degree_high: int = 12
-    max_message_bytes: int = 65536
-    publish_rate_per_s: float = 20.0
-    outbound_queue: int = 1024
-    ban_threshold: float = 100.0
-    ban_duration_s: float = 600.0
-    score_half_life_s: float = 300.0
+# the [p2p] section is the mesh's own settings type (one definition)
+P2PConfig = MeshSettings
 
 
 class PricesConfig(_Section):

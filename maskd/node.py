@@ -21,10 +21,11 @@ from typing import Any
 import msgspec
 import trio
 
+from maskd import known_peers
 from maskd.config import Config
 from maskd.events import EventBus
 from maskd.identity import NodeIdentity
-from p2p.mesh import Mesh, MeshHandlers, MeshSettings
+from p2p.mesh import Mesh, MeshHandlers
 from p2p.validation import GossipValidator, Outcome, ValidationLimits
 from protocol.blocks import BLOCKS_PROTOCOL
 from protocol.codec import encode
@@ -35,6 +36,9 @@ from storage.service import StorageService
 from worker.capacity import Capacity, measure
 
 log = logging.getLogger("maskd.node")
+
+
+KNOWN_PEERS_SAVE_S = 10.0  # how often connected peers are recorded (a small JSON file)
 
 
 def maskd_version() -> str:
@@ -86,7 +90,7 @@ class Node:
             ValidationLimits(max_message_bytes=config.p2p.max_message_bytes)
         )
         self.mesh = Mesh(
-            MeshSettings.from_config(config.p2p),
+            config.p2p,
             identity.peer_seed,
             validator=self.validator,
             handlers=MeshHandlers(
@@ -126,6 +130,9 @@ class Node:
 
         self.jobs = Jobs(self)
         self.mesh.topic_validators["bids"] = self.jobs.validate_bid
+        self._peers_file = config.data_path / known_peers.FILE_NAME
+        self._known_peers = known_peers.load(self._peers_file, clock())
+        self.mesh.remember((e["peer_id"], e["addrs"]) for e in self._known_peers)
 
     @property
     def sells(self) -> bool:
@@ -149,6 +156,7 @@ class Node:
             await nursery.start(self.storage.run)
             await nursery.start(self.jobs.run)
             nursery.start_soon(self._expiry_loop)
+            nursery.start_soon(self._known_peers_loop)
             if self.sells:
                 nursery.start_soon(self._offer_loop)
             self._write_ready_file()
@@ -161,8 +169,26 @@ class Node:
                     await self._shutdown()
                 nursery.cancel_scope.cancel()
 
+    async def _known_peers_loop(self) -> None:
+        """Record who we are connected to, so a restart can find them again."""
+        while True:
+            await trio.sleep(KNOWN_PEERS_SAVE_S)
+            await self._save_known_peers()
+
+    async def _save_known_peers(self) -> None:
+        entries = known_peers.merge(self._known_peers, self.mesh.dialable_peers(), self.clock())
+        if entries == self._known_peers:
+            return
+        self._known_peers = entries
+        try:
+            await trio.to_thread.run_sync(known_peers.save, self._peers_file, entries)
+        except OSError as exc:
+            log.warning("could not save known peers to %s: %s", self._peers_file, exc)
+
     async def _shutdown(self) -> None:
         """Withdraw our offer (best effort, bounded) before the mesh goes away."""
+        with trio.move_on_after(2):
+            await self._save_known_peers()
         if self._my_offer is not None:
             with trio.move_on_after(2):
                 try:

@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,44 +51,14 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import patches
 from p2p.scoring import Ban, PeerScores
+from p2p.settings import MeshSettings
 from p2p.validation import GossipValidator, Outcome, Reason, Verdict
 
 log = logging.getLogger("maskd.p2p")
 
 MESHSUB_11 = TProtocol("/meshsub/1.1.0")
 MESHSUB_10 = TProtocol("/meshsub/1.0.0")
-
-
-@dataclass(frozen=True)
-class MeshSettings:
-    """What the mesh needs from the config (p2p section), already validated."""
-
-    listen: tuple[str, ...]
-    bootstrap: tuple[str, ...] = ()
-    mdns: bool = False
-    dht: bool = True
-    max_peers: int = 64
-    redial_interval_s: float = 5.0
-    discovery_interval_s: float = 30.0
-    ping_interval_s: float = 5.0
-    ping_timeout_s: float = 5.0
-    ping_failures: int = 3
-    heartbeat_interval_s: float = 1.0
-    degree: int = 6
-    degree_low: int = 4
-    degree_high: int = 12
-    max_message_bytes: int = 65536
-    publish_rate_per_s: float = 20.0
-    outbound_queue: int = 1024
-    ban_threshold: float = 100.0
-    ban_duration_s: float = 600.0
-    score_half_life_s: float = 300.0
-
-    @classmethod
-    def from_config(cls, p2p) -> MeshSettings:
-        import msgspec
-
-        return cls(**msgspec.structs.asdict(p2p))
+REMEMBERED_MAX_BACKOFF_S = 300.0
 
 
 @dataclass
@@ -225,6 +195,9 @@ class Mesh:
         self._peers: dict[str, _PeerState] = {}
         self._bootstrap = [info_from_p2p_addr(multiaddr.Multiaddr(a)) for a in settings.bootstrap]
         self._extra_dial: list[PeerInfo] = []
+        # peers from an earlier run (maskd/known_peers.py): redialled with back-off
+        self._remembered: dict[str, PeerInfo] = {}
+        self._remembered_retry: dict[str, tuple[float, float]] = {}  # next try, back-off
         self._enforce_send, self._enforce_recv = trio.open_memory_channel[tuple[str, str]](256)
         self._publish_tokens = settings.publish_rate_per_s
         self._publish_at = clock()
@@ -386,6 +359,42 @@ class Mesh:
     def add_dial_target(self, addr: str) -> None:
         """Another address to keep dialled (like a bootstrap peer)."""
         self._extra_dial.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+
+    def remember(self, peers: Iterable[tuple[str, Sequence[str]]]) -> int:
+        """Peers known from an earlier run, to dial again until they answer.
+
+        A node restarted on a new port (or after its bootstrap peers moved)
+        would otherwise know nobody; these are dialled like bootstrap peers,
+        but a failure backs off (doubling up to ``REMEMBERED_MAX_BACKOFF_S``).
+        Malformed entries are skipped. Returns how many were taken.
+        """
+        taken = 0
+        for peer_id, addrs in peers:
+            try:
+                pid = ID.from_base58(peer_id)
+                maddrs = [multiaddr.Multiaddr(a) for a in addrs]
+            except Exception:
+                continue
+            if pid == self.peer_id or not maddrs:
+                continue
+            self._remembered[peer_id] = PeerInfo(pid, maddrs)
+            taken += 1
+        return taken
+
+    def dialable_peers(self) -> list[tuple[str, list[str]]]:
+        """Connected peers and the addresses the peerstore holds for them."""
+        if self.host is None:
+            return []
+        store = self.host.get_peerstore()
+        out = []
+        for peer_id in sorted(self._peers):
+            try:
+                addrs = [str(a) for a in store.addrs(ID.from_base58(peer_id))]
+            except Exception:
+                continue
+            if addrs:
+                out.append((peer_id, addrs))
+        return out
 
     # ------------------------------------------------------- notifications
     def _on_connected(self, peer: ID) -> None:
@@ -579,6 +588,8 @@ class Mesh:
         s = self.settings
         while True:
             targets = [*self._bootstrap, *self._extra_dial]
+            always = {info.peer_id.to_base58() for info in targets}
+            now = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for info in targets:
                     if info.peer_id == self.peer_id:
@@ -586,7 +597,21 @@ class Mesh:
                     if info.peer_id.to_base58() in self._peers:
                         continue
                     nursery.start_soon(self._dial, info)
+                for peer_id, info in self._remembered.items():
+                    if peer_id in self._peers or peer_id in always:
+                        continue
+                    next_try, _ = self._remembered_retry.get(peer_id, (0.0, 0.0))
+                    if now >= next_try:
+                        nursery.start_soon(self._dial_remembered, peer_id, info)
             await trio.sleep(s.redial_interval_s)
+
+    async def _dial_remembered(self, peer_id: str, info: PeerInfo) -> None:
+        if await self._dial(info):
+            self._remembered_retry.pop(peer_id, None)
+            return
+        _, backoff = self._remembered_retry.get(peer_id, (0.0, 0.0))
+        backoff = min(max(2 * backoff, self.settings.redial_interval_s), REMEMBERED_MAX_BACKOFF_S)
+        self._remembered_retry[peer_id] = (trio.current_time() + backoff, backoff)
 
     async def _dial(self, info: PeerInfo) -> bool:
         peer_id = info.peer_id.to_base58()

@@ -161,3 +161,19 @@ def test_a_bad_config_exits_2_with_the_key_and_a_hint(tmp_path):
         timeout=60,
     )
     assert r.returncode == 2 and "p2p.listen[0]" in r.stderr
+
+
+def test_a_bootstrap_node_restarted_on_a_new_port_finds_its_peers_again(cluster):
+    # node0 is everyone's bootstrap peer and listens on port 0: after a restart
+    # its address is new, so only the peers it remembers can bring it back
+    a, b, c = cluster.devnet(3)
+    old_addrs = set(a.call("v1.node.info")["addrs"])
+    wait_until(lambda: (a.data_dir / "peers.json").exists(), 20, "node0 to record its peers")
+    assert a.stop() == 0
+    wait_until(lambda: a.peer_id not in peers_of(b) | peers_of(c), 20, "node0 to be gone")
+    a.start().wait_ready()
+    assert set(a.call("v1.node.info")["addrs"]).isdisjoint(old_addrs)
+    wait_until(
+        lambda: peers_of(a) >= {b.peer_id, c.peer_id}, 30, "node0 to redial its remembered peers"
+    )
+    wait_until(lambda: a.peer_id in offer_peers(b), 20, "node0's offer to reach node1 again")
