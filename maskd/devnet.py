@@ -48,6 +48,9 @@ class DevNode:
     bootstrap: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # run under a wrapper that execs the daemon in place (same pid), e.g.
+    # ["ip", "netns", "exec", "ns1"] to start it in a network namespace
+    prefix: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     pid: int | None = None
     peer_id: str = ""
@@ -64,7 +67,7 @@ class DevNode:
     def start(self) -> DevNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "maskd.daemon", "--data-dir", str(self.data_dir)]
+        cmd = [*self.prefix, sys.executable, "-m", "maskd.daemon", "--data-dir", str(self.data_dir)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
         for b in self.bootstrap:

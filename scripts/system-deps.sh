@@ -4,7 +4,8 @@
 set -euo pipefail
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in gcc libgmp-dev python3-venv python3-dev; do
+# iproute2: `ip netns` for the mDNS test (tests/integration/test_mdns.py)
+for pkg in gcc libgmp-dev python3-venv python3-dev iproute2; do
   have "$pkg" || need+=("$pkg")
 done
 for pkg in "$@"; do
