@@ -26,11 +26,12 @@ from maskd.config import Config
 from maskd.events import EventBus
 from maskd.identity import NodeIdentity
 from p2p.mesh import Mesh, MeshHandlers
-from p2p.validation import GossipValidator, Outcome, ValidationLimits
+from p2p.validation import GossipValidator, ValidationLimits
 from protocol.blocks import BLOCKS_PROTOCOL
 from protocol.codec import encode
 from protocol.identity import sign_gossip
 from protocol.messages import BIDS_TOPIC, OFFERS_TOPIC, Gpu, OfferWithdrawal, Prices, ResourceOffer
+from protocol.verdict import Outcome
 from scheduler.offer_book import OfferAdded, OfferBook, OfferEvent, OfferRemoved, OfferUpdated
 from storage.service import StorageService
 from worker.capacity import Capacity, measure

@@ -52,7 +52,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2p import patches
 from p2p.scoring import Ban, PeerScores
 from p2p.settings import MeshSettings
-from p2p.validation import GossipValidator, Outcome, Reason, Verdict
+from p2p.validation import GossipValidator
+from protocol.verdict import Outcome, Reason, Verdict
 
 log = logging.getLogger("maskd.p2p")
 

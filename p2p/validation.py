@@ -2,15 +2,13 @@
 
 size -> decode -> signature -> freshness and replay -> meaning.
 
-Each message gets a verdict: ACCEPT, IGNORE (drop, no penalty: stale or
-duplicate, which honest peers produce) or REJECT (drop and penalise the peer
-that forwarded it: it could not have come from an honest peer). Every drop has
-a named reason and a counter. No clock reads: ``now`` is passed in.
+Each message gets an :class:`~protocol.verdict.Outcome`: accept, ignore or
+reject, and a named reason (``protocol/verdict.py`` says what each verdict
+means). Every drop has a counter. No clock reads: ``now`` is passed in.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
@@ -19,38 +17,7 @@ import msgspec
 from protocol.codec import decode_body, decode_envelope
 from protocol.identity import verify_gossip, verify_identity_record
 from protocol.messages import KNOWN_EXECUTORS, OfferWithdrawal, ResourceOffer
-
-
-class Verdict(enum.Enum):
-    ACCEPT = "accept"
-    IGNORE = "ignore"
-    REJECT = "reject"
-
-
-class Reason(enum.StrEnum):
-    OK = "ok"
-    TOO_LARGE = "too_large"
-    UNDECODABLE = "undecodable"
-    BAD_SIGNATURE = "bad_signature"
-    SOURCE_MISMATCH = "source_mismatch"
-    EXPIRED = "expired"
-    FROM_FUTURE = "from_future"
-    TTL_TOO_LONG = "ttl_too_long"
-    DUPLICATE = "duplicate"
-    STALE_SEQ = "stale_seq"
-    BAD_IDENTITY = "bad_identity"
-    BAD_FIELD = "bad_field"
-    WRONG_TOPIC = "wrong_topic"
-    VALIDATOR_ERROR = "validator_error"
-    GARBAGE_FRAME = "garbage_frame"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    verdict: Verdict
-    reason: Reason
-    message: ResourceOffer | OfferWithdrawal | None = None
-    detail: str = ""
+from protocol.verdict import Outcome, Reason, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +39,9 @@ class GossipValidator:
         self.drops: Counter[str] = Counter()
         self.accepted = 0
 
-    def validate(self, data: bytes, *, source: str, topic_kind: str, now: float) -> Outcome:
+    def validate(
+        self, data: bytes, *, source: str, topic_kind: str, now: float
+    ) -> Outcome[ResourceOffer | OfferWithdrawal]:
         outcome = self._validate(data, source, topic_kind, now)
         if outcome.verdict is Verdict.ACCEPT:
             self.accepted += 1
@@ -84,7 +53,9 @@ class GossipValidator:
         """For drops decided outside the pipeline (a garbage frame, a crashed check)."""
         self.drops[reason.value] += 1
 
-    def _validate(self, data: bytes, source: str, topic_kind: str, now: float) -> Outcome:
+    def _validate(
+        self, data: bytes, source: str, topic_kind: str, now: float
+    ) -> Outcome[ResourceOffer | OfferWithdrawal]:
         lim = self.limits
         # 1. size
         if len(data) > lim.max_message_bytes:

@@ -19,7 +19,6 @@ defaults. Amounts are decimal strings (MessagePack integers stop at 2**64).
 
 from __future__ import annotations
 
-import enum
 import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -29,16 +28,14 @@ import msgspec
 
 from protocol.identity import verify_gossip, verify_identity_record
 from protocol.messages import KNOWN_EXECUTORS, IdentityRecord, SignedGossip
+from protocol.verdict import Outcome, Reason, Verdict
 
 __all__ = [
     "RESULT_SIGNING_PREFIX",
     "Agreement",
     "AgreementTerms",
     "BidLimits",
-    "BidOutcome",
-    "BidReason",
     "BidValidator",
-    "BidVerdict",
     "Cancel",
     "Heartbeat",
     "JobBid",
@@ -236,38 +233,6 @@ class MarketKeys(Protocol):
 # --- bid validation ----------------------------------------------------------
 
 
-class BidVerdict(enum.Enum):
-    """Same meaning as p2p.validation.Verdict (protocol/ imports nothing of p2p)."""
-
-    ACCEPT = "accept"
-    IGNORE = "ignore"
-    REJECT = "reject"
-
-
-class BidReason(enum.StrEnum):
-    OK = "ok"
-    TOO_LARGE = "too_large"
-    UNDECODABLE = "undecodable"
-    SOURCE_MISMATCH = "source_mismatch"
-    BAD_SIGNATURE = "bad_signature"
-    EXPIRED = "expired"
-    FROM_FUTURE = "from_future"
-    TTL_TOO_LONG = "ttl_too_long"
-    DUPLICATE = "duplicate"
-    STALE_SEQ = "stale_seq"
-    BAD_IDENTITY = "bad_identity"
-    BAD_FIELD = "bad_field"
-    DEADLINE_PASSED = "deadline_passed"
-
-
-@dataclass(frozen=True, slots=True)
-class BidOutcome:
-    verdict: BidVerdict
-    reason: BidReason
-    bid: JobBid | None = None
-    detail: str = ""
-
-
 @dataclass(frozen=True, slots=True)
 class BidLimits:
     max_message_bytes: int = 8192
@@ -291,71 +256,71 @@ class BidValidator:
         self.drops: Counter[str] = Counter()
         self.accepted = 0
 
-    def validate(self, data: bytes, *, source: str, now: float) -> BidOutcome:
+    def validate(self, data: bytes, *, source: str, now: float) -> Outcome[JobBid]:
         outcome = self._validate(data, source, now)
-        if outcome.verdict is BidVerdict.ACCEPT:
+        if outcome.verdict is Verdict.ACCEPT:
             self.accepted += 1
         else:
             self.drops[outcome.reason.value] += 1
         return outcome
 
-    def _validate(self, data: bytes, source: str, now: float) -> BidOutcome:
+    def _validate(self, data: bytes, source: str, now: float) -> Outcome[JobBid]:
         lim = self.limits
         if len(data) > lim.max_message_bytes:
-            return BidOutcome(BidVerdict.REJECT, BidReason.TOO_LARGE, detail=f"{len(data)} bytes")
+            return Outcome(Verdict.REJECT, Reason.TOO_LARGE, detail=f"{len(data)} bytes")
         try:
             envelope = _envelope_decoder.decode(data)
             bid = _bid_decoder.decode(envelope.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return BidOutcome(BidVerdict.REJECT, BidReason.UNDECODABLE, detail=str(exc)[:200])
+            return Outcome(Verdict.REJECT, Reason.UNDECODABLE, detail=str(exc)[:200])
         if bid.peer_id != source:
-            return BidOutcome(BidVerdict.REJECT, BidReason.SOURCE_MISMATCH)
+            return Outcome(Verdict.REJECT, Reason.SOURCE_MISMATCH)
         if not verify_gossip(envelope, bid.peer_id):
-            return BidOutcome(BidVerdict.REJECT, BidReason.BAD_SIGNATURE)
+            return Outcome(Verdict.REJECT, Reason.BAD_SIGNATURE)
         if bid.expires_at <= now:
-            return BidOutcome(BidVerdict.IGNORE, BidReason.EXPIRED)
+            return Outcome(Verdict.IGNORE, Reason.EXPIRED)
         if bid.deadline <= now:
-            return BidOutcome(BidVerdict.IGNORE, BidReason.DEADLINE_PASSED)
+            return Outcome(Verdict.IGNORE, Reason.DEADLINE_PASSED)
         if bid.issued_at > now + lim.max_clock_skew_s:
-            return BidOutcome(BidVerdict.REJECT, BidReason.FROM_FUTURE)
+            return Outcome(Verdict.REJECT, Reason.FROM_FUTURE)
         start = max(bid.issued_at, now - lim.max_clock_skew_s)
         if bid.expires_at - start > lim.max_ttl_s + lim.max_clock_skew_s:
-            return BidOutcome(BidVerdict.REJECT, BidReason.TTL_TOO_LONG)
+            return Outcome(Verdict.REJECT, Reason.TTL_TOO_LONG)
         key = (bid.peer_id, bid.job_id)
         last = self._highest_seq.get(key)
         if last is not None and bid.seq <= last:
-            reason = BidReason.DUPLICATE if bid.seq == last else BidReason.STALE_SEQ
-            return BidOutcome(BidVerdict.IGNORE, reason)
+            reason = Reason.DUPLICATE if bid.seq == last else Reason.STALE_SEQ
+            return Outcome(Verdict.IGNORE, reason)
         problem = self._problem(bid)
         if problem is not None:
-            return BidOutcome(BidVerdict.REJECT, problem[0], detail=problem[1])
+            return Outcome(Verdict.REJECT, problem[0], detail=problem[1])
         self._highest_seq[key] = bid.seq
         self._highest_seq.move_to_end(key)
         while len(self._highest_seq) > lim.seen_cache_size:
             self._highest_seq.popitem(last=False)
-        return BidOutcome(BidVerdict.ACCEPT, BidReason.OK, bid=bid)
+        return Outcome(Verdict.ACCEPT, Reason.OK, message=bid)
 
-    def _problem(self, bid: JobBid) -> tuple[BidReason, str] | None:
+    def _problem(self, bid: JobBid) -> tuple[Reason, str] | None:
         lim = self.limits
         req = bid.requirements
         if not is_job_id(bid.job_id):
-            return BidReason.BAD_FIELD, "job_id is not a sha256 hex digest"
+            return Reason.BAD_FIELD, "job_id is not a sha256 hex digest"
         if not 0 <= bid.seq < 1 << 63:
-            return BidReason.BAD_FIELD, "seq out of range"
+            return Reason.BAD_FIELD, "seq out of range"
         if req.executor not in KNOWN_EXECUTORS:
-            return BidReason.BAD_FIELD, f"unknown executor {req.executor[:32]!r}"
+            return Reason.BAD_FIELD, f"unknown executor {req.executor[:32]!r}"
         if not (1 <= req.cpu <= lim.max_resource and 1 <= req.memory_mb <= lim.max_resource):
-            return BidReason.BAD_FIELD, "cpu and memory_mb must be >= 1"
+            return Reason.BAD_FIELD, "cpu and memory_mb must be >= 1"
         if not 0 <= req.gpu <= lim.max_resource:
-            return BidReason.BAD_FIELD, "gpu out of range"
+            return Reason.BAD_FIELD, "gpu out of range"
         if not 1 <= req.max_seconds <= lim.max_resource or not 0 <= req.max_fuel < 1 << 63:
-            return BidReason.BAD_FIELD, "max_seconds or max_fuel out of range"
+            return Reason.BAD_FIELD, "max_seconds or max_fuel out of range"
         if not is_amount(bid.max_total):
-            return BidReason.BAD_FIELD, "max_total is not a decimal uint256"
+            return Reason.BAD_FIELD, "max_total is not a decimal uint256"
         if not 0 < len(bid.spec_cid) <= lim.max_string:
-            return BidReason.BAD_FIELD, "spec_cid is empty or too long"
+            return Reason.BAD_FIELD, "spec_cid is empty or too long"
         if bid.identity.peer_id != bid.peer_id:
-            return BidReason.BAD_IDENTITY, "identity record is for another peer"
+            return Reason.BAD_IDENTITY, "identity record is for another peer"
         if not verify_identity_record(bid.identity):
-            return BidReason.BAD_IDENTITY, "account signature does not verify"
+            return Reason.BAD_IDENTITY, "account signature does not verify"
         return None

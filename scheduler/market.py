@@ -30,15 +30,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.codec import encode
 from protocol.identity import sign_gossip
-from protocol.market import (
-    BidOutcome,
-    BidValidator,
-    BidVerdict,
-    JobBid,
-    decode_market,
-    encode_market,
-)
+from protocol.market import BidValidator, JobBid, decode_market, encode_market
 from protocol.messages import BIDS_TOPIC
+from protocol.verdict import Outcome, Verdict
 from scheduler import provider as pv
 from scheduler import requester as rq
 from scheduler.spec import JobSpec
@@ -338,11 +332,11 @@ class ProviderService(_Shell):
         self._payloads: dict[str, pv.FetchPayload] = {}
         self._executions: dict[str, trio.CancelScope] = {}
 
-    def deliver_bid(self, source: str, data: bytes) -> BidOutcome:
+    def deliver_bid(self, source: str, data: bytes) -> Outcome[JobBid]:
         """Gossip from ``/mask/bids/1``; the verdict goes back to the mesh for scoring."""
         outcome = self.validator.validate(data, source=source, now=self._clock())
-        if outcome.verdict is BidVerdict.ACCEPT:
-            self._enqueue(("bid", outcome.bid))
+        if outcome.verdict is Verdict.ACCEPT:
+            self._enqueue(("bid", outcome.message))
         return outcome
 
     async def resume(self, rows: list[JobRow]) -> None:

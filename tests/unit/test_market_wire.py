@@ -9,9 +9,7 @@ from protocol.market import (
     Agreement,
     AgreementTerms,
     BidLimits,
-    BidReason,
     BidValidator,
-    BidVerdict,
     Cancel,
     Heartbeat,
     JobBid,
@@ -24,6 +22,7 @@ from protocol.market import (
     encode_market,
 )
 from protocol.messages import SignedGossip
+from protocol.verdict import Reason, Verdict
 from tests.factories import Peer
 
 NOW = 1_700_000_000.0
@@ -90,7 +89,7 @@ def test_decode_market_is_strict():
 def test_accepts_a_good_bid():
     b = bid()
     v, out = check(A.sign(b))
-    assert (out.verdict, out.reason, out.bid) == (BidVerdict.ACCEPT, BidReason.OK, b)
+    assert (out.verdict, out.reason, out.message) == (Verdict.ACCEPT, Reason.OK, b)
     assert v.accepted == 1 and not v.drops
 
 
@@ -102,48 +101,48 @@ def test_bid_round_trips_inside_its_envelope():
 
 def test_too_large():
     _, out = check(b"\x00" * 9000, v=BidValidator(BidLimits(max_message_bytes=8192)))
-    assert (out.verdict, out.reason) == (BidVerdict.REJECT, BidReason.TOO_LARGE)
+    assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.TOO_LARGE)
 
 
 @pytest.mark.parametrize("data", [b"", b"junk", A.sign(A.offer())])
 def test_undecodable_including_an_offer_on_the_bids_topic(data):
     _, out = check(data)
-    assert (out.verdict, out.reason) == (BidVerdict.REJECT, BidReason.UNDECODABLE)
+    assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.UNDECODABLE)
 
 
 def test_source_mismatch_and_bad_signature():
     _, out = check(A.sign(bid()), source=B.peer_id)
-    assert out.reason is BidReason.SOURCE_MISMATCH and out.verdict is BidVerdict.REJECT
+    assert out.reason is Reason.SOURCE_MISMATCH and out.verdict is Verdict.REJECT
     _, out = check(encode(sign_gossip(encode(bid()), B.key)))
-    assert out.reason is BidReason.BAD_SIGNATURE and out.verdict is BidVerdict.REJECT
+    assert out.reason is Reason.BAD_SIGNATURE and out.verdict is Verdict.REJECT
 
 
 @pytest.mark.parametrize(
     ("over", "verdict", "reason"),
     [
-        ({"expires_at": NOW}, BidVerdict.IGNORE, BidReason.EXPIRED),
-        ({"deadline": int(NOW)}, BidVerdict.IGNORE, BidReason.DEADLINE_PASSED),
+        ({"expires_at": NOW}, Verdict.IGNORE, Reason.EXPIRED),
+        ({"deadline": int(NOW)}, Verdict.IGNORE, Reason.DEADLINE_PASSED),
         (
             {"issued_at": NOW + 100, "expires_at": NOW + 130},
-            BidVerdict.REJECT,
-            BidReason.FROM_FUTURE,
+            Verdict.REJECT,
+            Reason.FROM_FUTURE,
         ),
-        ({"expires_at": NOW + 5000}, BidVerdict.REJECT, BidReason.TTL_TOO_LONG),
-        ({"job_id": "J"}, BidVerdict.REJECT, BidReason.BAD_FIELD),
-        ({"max_total": "-1"}, BidVerdict.REJECT, BidReason.BAD_FIELD),
-        ({"max_total": str(2**256)}, BidVerdict.REJECT, BidReason.BAD_FIELD),
-        ({"spec_cid": ""}, BidVerdict.REJECT, BidReason.BAD_FIELD),
-        ({"seq": -1}, BidVerdict.REJECT, BidReason.BAD_FIELD),
-        ({"identity": B.record}, BidVerdict.REJECT, BidReason.BAD_IDENTITY),
+        ({"expires_at": NOW + 5000}, Verdict.REJECT, Reason.TTL_TOO_LONG),
+        ({"job_id": "J"}, Verdict.REJECT, Reason.BAD_FIELD),
+        ({"max_total": "-1"}, Verdict.REJECT, Reason.BAD_FIELD),
+        ({"max_total": str(2**256)}, Verdict.REJECT, Reason.BAD_FIELD),
+        ({"spec_cid": ""}, Verdict.REJECT, Reason.BAD_FIELD),
+        ({"seq": -1}, Verdict.REJECT, Reason.BAD_FIELD),
+        ({"identity": B.record}, Verdict.REJECT, Reason.BAD_IDENTITY),
         (
             {"requirements": JobRequirements(executor="dos", cpu=1, memory_mb=1, max_seconds=1)},
-            BidVerdict.REJECT,
-            BidReason.BAD_FIELD,
+            Verdict.REJECT,
+            Reason.BAD_FIELD,
         ),
         (
             {"requirements": JobRequirements(executor="wasm", cpu=0, memory_mb=1, max_seconds=1)},
-            BidVerdict.REJECT,
-            BidReason.BAD_FIELD,
+            Verdict.REJECT,
+            Reason.BAD_FIELD,
         ),
     ],
 )
@@ -155,16 +154,16 @@ def test_freshness_and_meaning(over, verdict, reason):
 def test_forged_identity_record_is_rejected():
     forged = msgspec.structs.replace(A.record, account="0x" + "9" * 40)
     _, out = check(A.sign(bid(identity=forged)))
-    assert (out.verdict, out.reason) == (BidVerdict.REJECT, BidReason.BAD_IDENTITY)
+    assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.BAD_IDENTITY)
 
 
 def test_replay_is_per_requester_and_job():
     v = BidValidator()
-    assert check(A.sign(bid(seq=2)), v=v)[1].verdict is BidVerdict.ACCEPT
-    assert check(A.sign(bid(seq=2)), v=v)[1].reason is BidReason.DUPLICATE
-    assert check(A.sign(bid(seq=1)), v=v)[1].reason is BidReason.STALE_SEQ
+    assert check(A.sign(bid(seq=2)), v=v)[1].verdict is Verdict.ACCEPT
+    assert check(A.sign(bid(seq=2)), v=v)[1].reason is Reason.DUPLICATE
+    assert check(A.sign(bid(seq=1)), v=v)[1].reason is Reason.STALE_SEQ
     # another job of the same requester is judged on its own seq
-    assert check(A.sign(bid(job_id="cd" * 32, seq=1)), v=v)[1].verdict is BidVerdict.ACCEPT
+    assert check(A.sign(bid(job_id="cd" * 32, seq=1)), v=v)[1].verdict is Verdict.ACCEPT
     # a fresh round for the first job
-    assert check(A.sign(bid(seq=3)), v=v)[1].verdict is BidVerdict.ACCEPT
+    assert check(A.sign(bid(seq=3)), v=v)[1].verdict is Verdict.ACCEPT
     assert v.drops == {"duplicate": 1, "stale_seq": 1}

@@ -3,10 +3,11 @@
 import msgspec
 import pytest
 
-from p2p.validation import GossipValidator, Reason, ValidationLimits, Verdict
+from p2p.validation import GossipValidator, ValidationLimits
 from protocol.codec import encode
 from protocol.identity import sign_gossip
 from protocol.messages import IdentityRecord, SignedGossip
+from protocol.verdict import Reason, Verdict
 from tests.factories import Peer
 
 NOW = 1_700_000_000.0
