@@ -439,22 +439,23 @@ class Mesh:
         source = ID(msg.from_id).to_base58()
         other = self.topic_validators.get(kind)
         if other is not None:  # e.g. bids: validated (and consumed) by the market
-            verdict, reason = other(msg.data, source, now)
-            if verdict == "accept":
+            verdict_str, reason = other(msg.data, source, now)
+            verdict = Verdict(verdict_str)
+            if verdict.delivers:
                 return True
             self.validator.drops[f"{kind}_{reason}"] += 1
             fwd = forwarder.to_base58()
-            if verdict == "reject" and fwd != self.peer_id.to_base58():
+            if verdict.penalises and fwd != self.peer_id.to_base58():
                 self._penalise(fwd, reason)
             return False
         outcome = self.validator.validate(msg.data, source=source, topic_kind=kind, now=now)
-        if outcome.verdict is Verdict.ACCEPT:
+        if outcome.verdict.delivers:
             self._pending[(msg.from_id, msg.seqno)] = outcome
             if len(self._pending) > 4096:
                 self._pending.pop(next(iter(self._pending)))
             return True
         fwd = forwarder.to_base58()
-        if outcome.verdict is Verdict.REJECT and fwd != self.peer_id.to_base58():
+        if outcome.verdict.penalises and fwd != self.peer_id.to_base58():
             log.info(
                 "rejected gossip from %s (forwarded by %s): %s %s",
                 source,
