@@ -8,6 +8,9 @@ and prints one JSON line:
   submit_to_start p50/p99: from the submit RPC's return to the requester
       recording ``running`` (the provider's first heartbeat or its result);
   submit_to_done p50/p99;
+  start_to_done p50/p99: from ``running`` to the end (the provider fetches the
+      payload, runs, stores the output and sends the result; then the output
+      fetch);
   jobs_per_s: completed jobs / (last completion - first submit).
 
 Run: .venv/bin/python bench/jobs.py [--workload hello,ml] [--jobs 100] [--providers 4]
@@ -89,6 +92,8 @@ def run(workload: str, jobs: int, providers: int, root: Path, concurrency: int) 
         with lock:
             s2s = [(started[j] - submitted[j]) * 1000 for j in submitted if j in started]
             s2d = [(done[j] - submitted[j]) * 1000 for j in submitted if j in done]
+            # the provider's part: payload fetch, run, output stored, result sent
+            r2d = [(done[j] - started[j]) * 1000 for j in submitted if j in done and j in started]
             completed = [j for j, s in states.items() if s == "completed"]
             last = max(done.values()) if done else time.time()
         return {
@@ -103,6 +108,8 @@ def run(workload: str, jobs: int, providers: int, root: Path, concurrency: int) 
             "submit_to_start_p99_ms": round(pct(s2s, 0.99), 1) if s2s else None,
             "submit_to_done_p50_ms": round(pct(s2d, 0.5), 1) if s2d else None,
             "submit_to_done_p99_ms": round(pct(s2d, 0.99), 1) if s2d else None,
+            "start_to_done_p50_ms": round(pct(r2d, 0.5), 1) if r2d else None,
+            "start_to_done_p99_ms": round(pct(r2d, 0.99), 1) if r2d else None,
             "submit_rate_per_s": round(jobs / (max(submitted.values()) - t0), 1),
             "jobs_per_s": round(len(completed) / (last - t0), 2) if completed else 0.0,
         }

@@ -88,6 +88,12 @@ class StorageConfig(_Section):
     verify_on_serve: bool = True
 
 
+class JobsConfig(_Section):
+    result_retention_h: float = 72.0
+    bundle_retention_h: float = 1.0
+    bundle_cache_mb: int = 1024
+
+
 class Config(_Section):
     node: NodeConfig = NodeConfig()
     identity: IdentityConfig = IdentityConfig()
@@ -95,6 +101,7 @@ class Config(_Section):
     offers: OffersConfig = OffersConfig()
     rpc: RpcConfig = RpcConfig()
     storage: StorageConfig = StorageConfig()
+    jobs: JobsConfig = JobsConfig()
 
     # -- derived paths --------------------------------------------------
     @property
@@ -307,6 +314,13 @@ def _check_meaning(cfg: Config) -> None:
             raise bad(
                 key, f"must be between {lo} and {hi}, got {value}", "see configs/default.toml"
             )
+    for key, value in (
+        ("jobs.result_retention_h", cfg.jobs.result_retention_h),
+        ("jobs.bundle_retention_h", cfg.jobs.bundle_retention_h),
+        ("jobs.bundle_cache_mb", cfg.jobs.bundle_cache_mb),
+    ):
+        if not 0 <= value <= 1 << 40:
+            raise bad(key, f"must be 0 or more, got {value}", "see configs/default.toml")
     if cfg.storage.backend not in ("local", "ipfs"):
         raise bad(
             "storage.backend",

@@ -7,9 +7,10 @@ supplies what the shells ask for, for real:
 - ``MarketTransport`` sends one framed message per stream on
   ``/mask/market/1``; ``handle_market_stream`` routes what arrives to the
   requester or the provider service;
-- ``WasmWorker`` (provider): fetches the job bundle by CID from the requester,
-  runs it with worker.wasm.run_wasm in a thread (cancellable), stores the
-  result as a DAG;
+- ``WasmWorker`` (provider): fetches the job bundle by CID from the requester
+  (or reuses the one that requester sent for the same spec_cid, from the
+  ``BundleCache``), runs it with worker.wasm.run_wasm in a thread
+  (cancellable), stores the result as a DAG;
 - ``StorageOutputs`` (requester): fetches the output DAG from the provider,
   re-hashing every block (the CID is the check for ``receipt`` mode).
 
@@ -37,6 +38,8 @@ import msgspec
 import trio
 
 from ledger.agreement import AccountKeys
+from maskd.jobfiles import BundleCache, PrivateFiles, Sweeper
+from maskd.retention import RetentionPolicy, cache_key
 from protocol import jobdata as jd
 from protocol.errors import JobError, MaskError, RpcError, StorageError, WireError
 from protocol.identity import verify_identity_record
@@ -50,7 +53,7 @@ from scheduler.provider import ProviderConfig, ProviderCore
 from scheduler.requester import RequesterConfig, RequesterCore
 from scheduler.spec import JobSpec, load_spec
 from scheduler.store import JobRow, JobStore
-from storage.carfile import export_car, verify_car, write_path_car
+from storage.carfile import export_car, verify_car
 from storage.crypto import decrypt_stream, encrypt_stream
 from storage.exporter import export_to_path
 
@@ -147,45 +150,6 @@ class MarketTransport:
 
 
 # ---------------------------------------------------------------- /mask/job/1
-
-
-class PrivateFiles:
-    """Where a node keeps job payloads as CAR files, outside the shared block store.
-
-    ``bundles/<spec_cid>.car`` (the requester's own bundles), ``results/<output_cid>.car``
-    (a provider's results, and results a requester fetched), ``received/<job_id>.bundle.car``
-    (a bundle a provider fetched). Named by content id, so identical payloads share a file.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-        for sub in ("bundles", "results", "received"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-
-    def bundle(self, spec_cid: str) -> Path:
-        return self.root / "bundles" / f"{spec_cid}.car"
-
-    def result(self, output_cid: str) -> Path:
-        return self.root / "results" / f"{output_cid}.car"
-
-    def received_bundle(self, job_id: str) -> Path:
-        return self.root / "received" / f"{job_id}.bundle.car"
-
-    def tmp(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
-        os.close(fd)
-        return Path(name)
-
-    async def add(self, src: Path, kind: str) -> str:
-        """Import ``src`` as a CAR into ``bundles/`` or ``results/``; its root CID."""
-        tmp = self.tmp()
-        try:
-            result = await trio.to_thread.run_sync(lambda: write_path_car(src, tmp))
-            dest = self.bundle(result.cid) if kind == "bundle" else self.result(result.cid)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return result.cid
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -505,11 +469,18 @@ class StorageOutputs:
                 return row.job_id
         return None
 
+    async def _have(self, dest: Path) -> bool:
+        # under the sweep's lock: the job row already names this output, so a
+        # sweep that runs after this sees it as ours and keeps the file, and one
+        # that ran before has finished deleting (the file is then fetched again)
+        async with self.payloads.files.lock:
+            return dest.exists()
+
     async def fetch_and_verify(
         self, peer_id: str, output_cid: str, verify_mode: str
     ) -> tuple[bool, str]:
         dest = self.payloads.files.result(output_cid)
-        if dest.exists():
+        if await self._have(dest):
             return True, ""  # already here, verified against this CID when it came
         job_id = self._job_for(peer_id, output_cid)
         if job_id is None:
@@ -528,7 +499,7 @@ class StorageOutputs:
 
     async def fetch_logs(self, job_id: str, peer_id: str, output_cid: str) -> None:
         dest = self.payloads.files.result(output_cid)
-        if dest.exists():
+        if await self._have(dest):
             return
         with trio.move_on_after(OUTPUT_FETCH_TIMEOUT_S):
             try:
@@ -561,9 +532,20 @@ class PayloadClient:
 
 
 class WasmWorker:
-    def __init__(self, payloads: PayloadClient, work_dir: Path):
+    """Runs jobs with wasmtime; their bundles come through a :class:`BundleCache`.
+
+    A job whose requester sent the same spec_cid before runs on the bundle
+    already fetched, verified and unpacked for it (no /mask/job/1 round trip,
+    decrypt or export); otherwise it is fetched over /mask/job/1, decrypted,
+    checked against ``spec_cid`` and unpacked into the cache. Each run has its
+    own work dir (``/out``, logs); the cached ``in/`` is mounted read-only.
+    """
+
+    def __init__(self, payloads: PayloadClient, work_dir: Path, cache: BundleCache):
         self.payloads = payloads
+        self.cache = cache
         self._fetch_errors: dict[str, MaskError] = {}
+        self._bundles: dict[str, str] = {}  # job id -> the cache key it holds
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
         from worker.wasm import WasmRuntime
@@ -574,18 +556,24 @@ class WasmWorker:
         return self.work_dir / job_id
 
     async def fetch_payload(self, job_id: str, peer_id: str, spec_cid: str) -> None:
-        """The bundle from the requester over /mask/job/1, decrypted and checked
-        against ``spec_cid``. A failure is kept for ``execute`` to report, so the
-        attempt ends with a typed error rather than an exception in the shell."""
+        """Hold the job's bundle in the cache, fetching it on a miss. A failure is
+        kept for ``execute`` to report, so the attempt ends with a typed error
+        rather than an exception in the shell."""
         self._fetch_errors.pop(job_id, None)
-        bundle = self._dir(job_id) / "bundle"
-        car = self.payloads.files.received_bundle(job_id)
+        self._release(job_id)
+
+        async def fetch(dest: Path) -> None:
+            car = self.payloads.files.received_bundle(job_id)
+            try:
+                await self.payloads.fetch(peer_id, job_id, "bundle", spec_cid, car)
+                await trio.to_thread.run_sync(lambda: export_car(car, spec_cid, dest))
+            finally:
+                car.unlink(missing_ok=True)
+
+        key = cache_key(spec_cid, peer_id)
         try:
-            if bundle.exists():
-                await trio.to_thread.run_sync(shutil.rmtree, bundle)
-            bundle.parent.mkdir(parents=True, exist_ok=True)
-            await self.payloads.fetch(peer_id, job_id, "bundle", spec_cid, car)
-            await trio.to_thread.run_sync(lambda: export_car(car, spec_cid, bundle))
+            await self.cache.acquire(key, fetch)
+            self._bundles[job_id] = key
         except MaskError as exc:
             log.warning("job %s: no bundle from %s: %s (%s)", job_id, peer_id, exc, exc.code)
             self._fetch_errors[job_id] = exc
@@ -594,18 +582,34 @@ class WasmWorker:
             self._fetch_errors[job_id] = JobError(
                 f"cannot fetch the job bundle: {exc}", code="payload_unavailable"
             )
-        finally:
-            car.unlink(missing_ok=True)
+
+    def _release(self, job_id: str) -> None:
+        key = self._bundles.pop(job_id, None)
+        if key is not None:
+            self.cache.release(key)
 
     async def execute(self, job_id: str, agreement: Any) -> pv.ExecutionOutcome:
+        failed = self._fetch_errors.pop(job_id, None)
+        if failed is not None:
+            self._release(job_id)
+            return _failed(failed.code, f"the job bundle did not arrive: {failed.message}")
+        key = self._bundles.get(job_id)
+        if key is None:
+            return _failed("bad_bundle", "no job bundle was fetched for this run")
+        try:
+            outcome = await self._run(job_id, agreement, self.cache.path(key))
+        finally:
+            self._release(job_id)
+        if outcome.error_code == "bad_bundle":  # unreadable on disk: not for the next job
+            dropped = self.cache.drop_if_idle(key)
+            await self.cache.remove([dropped] if dropped else [])
+        return outcome
+
+    async def _run(self, job_id: str, agreement: Any, bundle: Path) -> pv.ExecutionOutcome:
         from worker.wasm import CancelToken, WasmLimits, run_wasm
 
         terms = agreement.terms
         base = self._dir(job_id)
-        bundle = base / "bundle"
-        failed = self._fetch_errors.pop(job_id, None)
-        if failed is not None:
-            return _failed(failed.code, f"the job bundle did not arrive: {failed.message}")
         try:
             job = json.loads((bundle / "job.json").read_text())
             module = (bundle / "program.wasm").read_bytes()
@@ -664,8 +668,16 @@ class WasmWorker:
         )
 
     async def store_output(self, job_id: str) -> str:
-        """The result as a private CAR (served to the requester only); its root CID."""
-        return await self.payloads.files.add(self._dir(job_id) / "result", "result")
+        """The result as a private CAR (served to the requester only); its root CID.
+
+        A run that never started (no bundle) stores an empty result. The work
+        dir goes once the CAR is in place: the CAR is the copy that is served."""
+        base = self._dir(job_id)
+        result = base / "result"
+        await trio.to_thread.run_sync(lambda: result.mkdir(parents=True, exist_ok=True))
+        cid = await self.payloads.files.add(result, "result")
+        await trio.to_thread.run_sync(shutil.rmtree, base, True)
+        return cid
 
 
 def _sha256(path) -> bytes:
@@ -735,6 +747,18 @@ class Jobs:
         transport = MarketTransport(node.mesh)
         self.private = PrivateFiles(self.dir / "private")
         self.payloads = PayloadClient(node.mesh, ident, self.private)
+        self.cache = BundleCache(self.private.cache_root, max_bytes=cfg.jobs.bundle_cache_mb << 20)
+        self.sweeper = Sweeper(
+            self.dir,
+            self.private,
+            self.store,
+            self.cache,
+            RetentionPolicy(
+                result_s=cfg.jobs.result_retention_h * 3600,
+                bundle_s=cfg.jobs.bundle_retention_h * 3600,
+            ),
+            clock=time.time,
+        )
         self.payload_server = PayloadServer(
             store_authorizer(self.store, self.private), self.private.root
         )
@@ -775,7 +799,7 @@ class Jobs:
                 ),
                 store=async_store,
                 transport=transport,
-                worker=WasmWorker(self.payloads, self.dir / "work"),
+                worker=WasmWorker(self.payloads, self.dir / "work", self.cache),
                 clock=time.time,
             )
         node.mesh.set_stream_handler(MARKET_PROTOCOL, self.handle_market_stream)
@@ -791,6 +815,7 @@ class Jobs:
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.sweeper.run)  # a first pass before any job runs
             await nursery.start(self.requester.run)
             if self.provider is not None:
                 await nursery.start(self.provider.run)
@@ -862,6 +887,15 @@ class Jobs:
             "v1.jobs.result": self.result,
             "v1.jobs.logs": self.logs,
             "v1.jobs.owed": self.owed,
+            "v1.jobs.stats": self.stats,
+        }
+
+    async def stats(self, params: dict) -> dict:
+        """Counters for job payloads: served, cached, swept (reasons as in maskd.retention)."""
+        return {
+            "payloads_served": dict(self.payload_server.counters),
+            "bundle_cache": dataclasses.asdict(self.cache.statistics()),
+            "sweep": dict(self.sweeper.counters),
         }
 
     async def owed(self, params: dict) -> dict:
@@ -897,7 +931,7 @@ class Jobs:
         for ref in (spec.program, *spec.inputs):
             if ref.kind == "cid":
                 await self._fetch_ref(ref.value)
-        tmp = Path(tempfile.mkdtemp(prefix="bundle-", dir=self.dir))
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=self.dir))
 
         def place(ref, dest: Path) -> None:
             if ref.kind == "cid":
@@ -1035,7 +1069,7 @@ class Jobs:
         car = self.private.result(row.output_cid)
         if not car.exists():
             return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
-        tmp = Path(tempfile.mkdtemp(prefix="logs-", dir=self.dir))
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-logs-", dir=self.dir))
         try:
             await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, tmp / "r"))
 

@@ -143,6 +143,14 @@ def test_a_requester_and_three_providers_complete_20_jobs(market, tmp_path):
     out = tmp_path / "result"
     requester.call("v1.jobs.result", {"job_id": ids[0], "dest": str(out)})
     assert "sum_of_squares(10) = 385" in (out / "out" / "result.txt").read_text()
+    # 20 jobs with one spec: each provider fetched the bundle once and reused it
+    caches = [p.call("v1.jobs.stats")["bundle_cache"] for p in providers]
+    for p, cache in zip(providers, caches, strict=True):
+        ran = sum(1 for r in done.values() if r["provider"] == p.peer_id)
+        assert cache["misses"] <= 1 and cache["hits"] + cache["misses"] >= ran, cache
+        assert cache["in_use"] == 0
+    served = requester.call("v1.jobs.stats")["payloads_served"].get("served_bundle", 0)
+    assert served == sum(c["misses"] for c in caches) <= 3
 
 
 def test_an_unplaceable_job_is_explained_and_fails_at_its_deadline(market, tmp_path):

@@ -378,3 +378,57 @@ def test_precompiled_native_code_is_never_loaded(dirs) -> None:
     result = run(native, dirs)
     assert result.exit_code is None
     assert result.error is not None and result.error.code == "invalid_module"
+
+
+def _in_call(name: str, params: str, args: str, data: str) -> bytes:
+    """Exit with the errno of WASI call ``name``(``args``) (0 if it succeeded)."""
+    return f"""
+(module
+  (import "wasi_snapshot_preview1" "{name}" (func $op (param {params}) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  {data}
+  (func (export "_start") (call $exit (call $op {args}))))
+""".encode()
+
+
+# a provider shares one unpacked bundle between the runs of jobs with the same
+# spec (maskd.jobfiles.BundleCache): no run may change what the next one reads
+IN_MUTATIONS = {
+    "unlink": ("path_unlink_file", "i32 i32 i32", "(i32.const 3) (i32.const 1024) (i32.const 9)"),
+    "mkdir": (
+        "path_create_directory",
+        "i32 i32 i32",
+        "(i32.const 3) (i32.const 1100) (i32.const 3)",
+    ),
+    "rmdir": (
+        "path_remove_directory",
+        "i32 i32 i32",
+        "(i32.const 3) (i32.const 1200) (i32.const 3)",
+    ),
+    "rename": (
+        "path_rename",
+        "i32 i32 i32 i32 i32 i32",
+        "(i32.const 3) (i32.const 1024) (i32.const 9) (i32.const 3) (i32.const 1100) (i32.const 3)",
+    ),
+    "set_times": (
+        "path_filestat_set_times",
+        "i32 i32 i32 i32 i64 i64 i32",
+        "(i32.const 3) (i32.const 0) (i32.const 1024) (i32.const 9) (i64.const 0) (i64.const 0)"
+        " (i32.const 5)",
+    ),
+}
+
+
+@pytest.mark.parametrize("op", sorted(IN_MUTATIONS))
+def test_a_job_cannot_change_anything_in_in(dirs, op: str) -> None:
+    in_dir, _ = dirs
+    (in_dir / "sub").mkdir()
+    before = {p.name: (p.stat().st_mtime_ns, p.is_dir()) for p in in_dir.iterdir()}
+    name, params, args = IN_MUTATIONS[op]
+    data = '(data (i32.const 1024) "input.txt") (data (i32.const 1100) "new")'
+    data += ' (data (i32.const 1200) "sub")'
+    result = run(_in_call(name, params, args, data), dirs)
+    assert result.exit_code not in (0, None), f"{op} succeeded in /in"
+    assert {p.name: (p.stat().st_mtime_ns, p.is_dir()) for p in in_dir.iterdir()} == before
+    assert (in_dir / "input.txt").read_text() == "some input\n"
