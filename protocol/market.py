@@ -20,15 +20,15 @@ defaults. Amounts are decimal strings (MessagePack integers stop at 2**64).
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
-from protocol.identity import verify_gossip, verify_identity_record
-from protocol.messages import KNOWN_EXECUTORS, IdentityRecord, SignedGossip
-from protocol.verdict import Outcome, Reason, Verdict
+from protocol.identity import verify_identity_record
+from protocol.messages import KNOWN_EXECUTORS, IdentityRecord
+from protocol.pipeline import GossipPipeline
+from protocol.verdict import Reason
 
 __all__ = [
     "RESULT_SIGNING_PREFIX",
@@ -191,7 +191,6 @@ MarketMessage = Quote | Refusal | Agreement | Heartbeat | JobResult | Cancel
 _encoder = msgspec.msgpack.Encoder()
 _market_decoder = msgspec.msgpack.Decoder(MarketMessage)
 _bid_decoder = msgspec.msgpack.Decoder(JobBid)
-_envelope_decoder = msgspec.msgpack.Decoder(SignedGossip)
 
 
 def encode_market(message: MarketMessage | JobBid) -> bytes:
@@ -243,64 +242,31 @@ class BidLimits:
     max_string: int = 256
 
 
-class BidValidator:
-    """size -> decode -> source -> signature -> freshness/replay -> meaning.
+class BidValidator(GossipPipeline[JobBid, tuple[str, str]]):
+    """Bids: the shared pipeline (``protocol/pipeline.py``) plus the bid's own part.
 
     Replay state is the highest seq per (requester, job): a requester runs many
     jobs at once, and a fresh round for one job must not shadow another's.
     """
 
+    carries = (JobBid,)
+    limits: BidLimits
+
     def __init__(self, limits: BidLimits = BidLimits()):
-        self.limits = limits
-        self._highest_seq: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self.drops: Counter[str] = Counter()
-        self.accepted = 0
+        super().__init__(limits)
 
-    def validate(self, data: bytes, *, source: str, now: float) -> Outcome[JobBid]:
-        outcome = self._validate(data, source, now)
-        if outcome.verdict is Verdict.ACCEPT:
-            self.accepted += 1
-        else:
-            self.drops[outcome.reason.value] += 1
-        return outcome
+    # --- the pipeline's hooks ----------------------------------------------
 
-    def _validate(self, data: bytes, source: str, now: float) -> Outcome[JobBid]:
-        lim = self.limits
-        if len(data) > lim.max_message_bytes:
-            return Outcome(Verdict.REJECT, Reason.TOO_LARGE, detail=f"{len(data)} bytes")
-        try:
-            envelope = _envelope_decoder.decode(data)
-            bid = _bid_decoder.decode(envelope.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return Outcome(Verdict.REJECT, Reason.UNDECODABLE, detail=str(exc)[:200])
-        if bid.peer_id != source:
-            return Outcome(Verdict.REJECT, Reason.SOURCE_MISMATCH)
-        if not verify_gossip(envelope, bid.peer_id):
-            return Outcome(Verdict.REJECT, Reason.BAD_SIGNATURE)
-        if bid.expires_at <= now:
-            return Outcome(Verdict.IGNORE, Reason.EXPIRED)
-        if bid.deadline <= now:
-            return Outcome(Verdict.IGNORE, Reason.DEADLINE_PASSED)
-        if bid.issued_at > now + lim.max_clock_skew_s:
-            return Outcome(Verdict.REJECT, Reason.FROM_FUTURE)
-        start = max(bid.issued_at, now - lim.max_clock_skew_s)
-        if bid.expires_at - start > lim.max_ttl_s + lim.max_clock_skew_s:
-            return Outcome(Verdict.REJECT, Reason.TTL_TOO_LONG)
-        key = (bid.peer_id, bid.job_id)
-        last = self._highest_seq.get(key)
-        if last is not None and bid.seq <= last:
-            reason = Reason.DUPLICATE if bid.seq == last else Reason.STALE_SEQ
-            return Outcome(Verdict.IGNORE, reason)
-        problem = self._problem(bid)
-        if problem is not None:
-            return Outcome(Verdict.REJECT, problem[0], detail=problem[1])
-        self._highest_seq[key] = bid.seq
-        self._highest_seq.move_to_end(key)
-        while len(self._highest_seq) > lim.seen_cache_size:
-            self._highest_seq.popitem(last=False)
-        return Outcome(Verdict.ACCEPT, Reason.OK, message=bid)
+    def decode_body(self, body: bytes) -> JobBid:
+        return _bid_decoder.decode(body)
 
-    def _problem(self, bid: JobBid) -> tuple[Reason, str] | None:
+    def replay_key(self, bid: JobBid) -> tuple[str, str]:
+        return bid.peer_id, bid.job_id
+
+    def lapsed(self, bid: JobBid, now: float) -> Reason | None:
+        return Reason.DEADLINE_PASSED if bid.deadline <= now else None
+
+    def problem(self, bid: JobBid) -> tuple[Reason, str] | None:
         lim = self.limits
         req = bid.requirements
         if not is_job_id(bid.job_id):

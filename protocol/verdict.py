@@ -1,7 +1,7 @@
 """The verdict vocabulary for validated gossip, one for every topic.
 
-A gossip validation pipeline (``p2p.validation`` for offers,
-``protocol.market.BidValidator`` for bids) gives each message an
+The gossip validation pipeline (``protocol.pipeline``; ``p2p.validation`` for
+offers, ``protocol.market.BidValidator`` for bids) gives each message an
 :class:`Outcome`: a :class:`Verdict`, as in libp2p gossipsub's validation
 results, and a :class:`Reason` that names why.
 
