@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
+from protocol.codec import DECODE_ERRORS
 from protocol.messages import BLOCKS_PROTOCOL
 
 __all__ = [
@@ -113,7 +114,7 @@ def encode_frame(message: BlockMessage) -> bytes:
 def decode_message(body: bytes | memoryview) -> BlockMessage:
     try:
         return _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise FrameError("undecodable", str(exc)[:200]) from None
 
 

@@ -21,6 +21,7 @@ import struct
 import msgspec
 import trio
 
+from protocol.codec import DECODE_ERRORS
 from protocol.errors import WireError
 from protocol.messages import JOB_PROTOCOL, IdentityRecord
 
@@ -81,7 +82,7 @@ def encode_frame(message: JobDataMessage) -> bytes:
 def decode_body(body: bytes) -> JobDataMessage:
     try:
         return _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise _bad(f"undecodable frame ({exc})") from None
 
 

@@ -21,9 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from typing import Generic, Protocol, TypeVar
 
-import msgspec
-
-from protocol.codec import decode_envelope
+from protocol.codec import DECODE_ERRORS, decode_envelope
 from protocol.identity import verify_gossip
 from protocol.verdict import Outcome, Reason, Verdict
 
@@ -100,7 +98,7 @@ class GossipPipeline(Generic[M, K]):
         try:  # strict, once
             envelope = decode_envelope(data)
             message = self.decode_body(envelope.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             return Outcome(Verdict.REJECT, Reason.UNDECODABLE, detail=str(exc)[:200])
         if not isinstance(message, self.carries):
             return Outcome(Verdict.REJECT, Reason.WRONG_TOPIC)

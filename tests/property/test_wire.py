@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import decode_body, decode_envelope, encode
+from protocol.codec import DECODE_ERRORS, decode_body, decode_envelope, encode
 from protocol.messages import Gpu, OfferWithdrawal, Prices, ResourceOffer, SignedGossip
 from tests.factories import Peer
 
@@ -51,15 +51,31 @@ def test_envelope_round_trip(body, sig):
     assert decode_envelope(encode(env)) == env
 
 
+# a map whose "type" is a str that is not UTF-8: msgspec's UnicodeDecodeError
+BAD_UTF8 = b"\x81\xa4type\xa1\xff"
+
+
 @given(st.binary(max_size=300))
+@example(BAD_UTF8)
 def test_decoding_garbage_never_raises_anything_but_decode_errors(data):
-    import msgspec
+    from protocol.blocks import FrameError, decode_message
+    from protocol.errors import WireError
+    from protocol.jobdata import decode_body as decode_job_frame
 
     for fn in (decode_envelope, decode_body):
         try:
             fn(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except DECODE_ERRORS:
             pass
+    # the framed protocols turn every malformed frame into their own error
+    try:
+        decode_message(data)
+    except FrameError:
+        pass
+    try:
+        decode_job_frame(data)
+    except WireError:
+        pass
 
 
 def _golden():

@@ -104,7 +104,10 @@ def test_too_large():
     assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.TOO_LARGE)
 
 
-@pytest.mark.parametrize("data", [b"", b"junk", A.sign(A.offer())])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"junk", A.sign(A.offer()), encode(SignedGossip(b"\x81\xa4type\xa1\xff", b"x"))],
+)
 def test_undecodable_including_an_offer_on_the_bids_topic(data):
     _, out = check(data)
     assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.UNDECODABLE)

@@ -36,8 +36,15 @@ def test_too_large_is_rejected_before_decoding():
     assert v.drops["too_large"] == 1
 
 
+# a body whose text field is not UTF-8: msgspec raises UnicodeDecodeError, not
+# DecodeError; it must still be an undecodable reject (penalised), not a
+# validator error the sender gets away with
+BAD_UTF8 = encode(SignedGossip(b"\x81\xa4type\xa1\xff", b"x"))
+
+
 @pytest.mark.parametrize(
-    "data", [b"", b"garbage", b"\x92\xc4\x01a", encode(SignedGossip(b"\x01", b"x"))]
+    "data",
+    [b"", b"garbage", b"\x92\xc4\x01a", encode(SignedGossip(b"\x01", b"x")), BAD_UTF8],
 )
 def test_undecodable(data):
     _, out = check(data)
