@@ -199,7 +199,7 @@ def _parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
     """
     try:
         message = msgspec.json.decode(line)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a string that is not UTF-8
         raise _Reject(
             _error(None, PARSE_ERROR, f"Parse error: {exc}", code="parse_error")
         ) from None

@@ -173,9 +173,17 @@ async def test_response_carries_request_id_and_result(server):
     assert (await conn.call("v1.echo", [], req_id=8))["result"] == {}
 
 
-async def test_malformed_json_is_a_parse_error_and_keeps_the_connection(server):
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"jsonrpc": "2.0", "id": 1, "meth',
+        # a string that is not UTF-8 (msgspec raises UnicodeDecodeError for it)
+        b'{"jsonrpc": "2.0", "id": 1, "method": "\xff"}',
+    ],
+)
+async def test_malformed_json_is_a_parse_error_and_keeps_the_connection(server, line):
     conn = await Raw.connect(server.socket_path)
-    await conn.send(b'{"jsonrpc": "2.0", "id": 1, "meth')
+    await conn.send(line)
     response = await conn.recv()
     assert response["error"]["code"] == -32700
     assert response["id"] is None
