@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +202,10 @@ class PayloadServer:
         request_timeout: float = PAYLOAD_REQUEST_TIMEOUT_S,
         idle_timeout: float = PAYLOAD_IDLE_TIMEOUT_S,
         total_timeout: float = PAYLOAD_TIMEOUT_S,
+        penalise: Callable[[str, str], None] = lambda peer, reason: None,
     ):
         self.authorize = authorize
+        self.penalise = penalise
         self.tmp_dir = tmp_dir
         self.streams_per_peer = streams_per_peer
         self.request_timeout = request_timeout
@@ -224,7 +227,15 @@ class PayloadServer:
                 await self._serve(stream, peer)
         except trio.Cancelled:
             raise
-        except Exception as exc:  # the asker went away, broke the protocol, …
+        except WireError as exc:
+            if exc.code != "payload_protocol":  # reset, or ended early: not the peer's fault
+                self.counters["serve_failed"] += 1
+                log.debug("serving a payload to %s failed: %s", peer, exc)
+            else:  # a malformed frame: scored like any bad peer input
+                self.counters["bad_frame"] += 1
+                self.penalise(peer, "payload_protocol")
+                log.info("peer %s broke %s: %s", peer, JOB_PROTOCOL, exc)
+        except Exception as exc:  # the asker went away, reset, timed out, …
             self.counters["serve_failed"] += 1
             log.debug("serving a payload to %s failed: %s", peer, exc)
         finally:
@@ -239,6 +250,7 @@ class PayloadServer:
             req = await reader.next()
         if not isinstance(req, jd.PayloadRequest):
             self.counters["bad_request"] += 1
+            self.penalise(peer, "payload_protocol")
             return
 
         async def refuse(reason: str, detail: str = "") -> None:
@@ -760,7 +772,9 @@ class Jobs:
             clock=time.time,
         )
         self.payload_server = PayloadServer(
-            store_authorizer(self.store, self.private), self.private.root
+            store_authorizer(self.store, self.private),
+            self.private.root,
+            penalise=node.mesh._penalise,
         )
         self.requester = RequesterService(
             RequesterCore(

@@ -23,6 +23,7 @@ PENALTIES = {
     "garbage_frame": 100.0,
     "block_hash_mismatch": 50.0,  # /mask/blocks/1: sent data that is not the CID asked for
     "block_protocol": 25.0,  # /mask/blocks/1: broke the framing or the request/answer rules
+    "payload_protocol": 25.0,  # /mask/job/1: a malformed frame, or no request first
     "validator_error": 0.0,
 }
 

@@ -69,7 +69,13 @@ _decoder = msgspec.msgpack.Decoder(JobDataMessage)
 
 
 def _bad(message: str) -> WireError:
+    """The peer broke the protocol (a frame too large or undecodable): its fault."""
     return WireError(f"/mask/job/1: {message}", code="payload_protocol")
+
+
+def _broken(message: str) -> WireError:
+    """The stream failed or ended early: a reset or a peer gone, not malformed input."""
+    return WireError(f"/mask/job/1: {message}", code="payload_stream_broken")
 
 
 def encode_frame(message: JobDataMessage) -> bytes:
@@ -104,7 +110,7 @@ class FrameReader:
             except EOFError:
                 data = b""
             except Exception as exc:  # reset, connection gone
-                raise _bad(f"read failed: {type(exc).__name__}: {exc}") from None
+                raise _broken(f"read failed: {type(exc).__name__}: {exc}") from None
             if not data:
                 self._eof = True
             else:
@@ -115,13 +121,13 @@ class FrameReader:
         """The next message; None at a clean end of stream (between frames)."""
         if not await self._fill(4):
             if self._buf:
-                raise _bad("stream ended inside a frame header")
+                raise _broken("stream ended inside a frame header")
             return None
         (length,) = struct.unpack(">I", self._buf[:4])
         if length > self.max_frame:
             raise _bad(f"frame of {length} bytes is over {self.max_frame}")
         if not await self._fill(4 + length):
-            raise _bad("stream ended inside a frame")
+            raise _broken("stream ended inside a frame")
         body = bytes(self._buf[4 : 4 + length])
         del self._buf[: 4 + length]
         return decode_body(body)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 
 import multiaddr
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -22,7 +24,7 @@ from libp2p.utils.varint import encode_uvarint
 from maskd.devnet import wait_until
 from p2p.mesh import MESHSUB_11, Mesh, MeshHandlers, MeshSettings, make_host
 from p2p.validation import GossipValidator
-from protocol.messages import OFFERS_TOPIC
+from protocol.messages import BLOCKS_PROTOCOL, JOB_PROTOCOL, MARKET_PROTOCOL, OFFERS_TOPIC
 
 
 async def _wait(cond, timeout: float = 15.0) -> None:
@@ -36,19 +38,26 @@ def _alive_and_answering(node) -> dict:
     return node.call("v1.node.info")
 
 
-async def _send_raw_pubsub_frame(node, payload: bytes) -> None:
+async def _send_raw(node, protocol, frames: list[bytes]) -> str:
+    """Open one stream per frame to ``node`` on ``protocol`` from a fresh peer, write
+    the frame as is, wait for the node to end the stream; our peer id."""
     host = make_host(create_new_key_pair(os.urandom(32)))
     async with host.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0])))
-        stream = await host.new_stream(
-            info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0])).peer_id, [MESHSUB_11]
-        )
-        try:
-            await stream.write(encode_uvarint(len(payload)) + payload)
-            with trio.move_on_after(2):
-                await stream.read(1)  # until the node resets the stream
-        except Exception:
-            pass
+        target = info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0]))
+        await host.connect(target)
+        for frame in frames:
+            try:
+                stream = await host.new_stream(target.peer_id, [protocol])
+                await stream.write(frame)
+                with trio.move_on_after(2):
+                    await stream.read(1)  # until the node closes or resets the stream
+            except Exception:
+                pass  # a banned peer's streams are refused: that is the point
+        return host.get_id().to_base58()
+
+
+async def _send_raw_pubsub_frame(node, payload: bytes) -> None:
+    await _send_raw(node, MESHSUB_11, [encode_uvarint(len(payload)) + payload])
 
 
 async def test_a_garbage_pubsub_frame_does_not_take_the_node_down(cluster):
@@ -196,3 +205,28 @@ def test_a_malformed_rpc_stream_does_not_take_the_daemon_down(cluster):
     s.close()
     info = _alive_and_answering(node)
     assert info["peer_id"] == node.peer_id
+
+
+GARBAGE = b"\xc1" * 16  # 0xc1 is never valid MessagePack
+
+
+async def test_garbage_on_the_direct_protocols_is_scored_and_the_node_keeps_serving(cluster):
+    """/mask/market/1 (varint frames), /mask/job/1 (4-byte frames) and /mask/blocks/1
+    (varint frames): each malformed frame costs the sender 25 points, so five get
+    it banned (with decay, four stay just under 100), and the node answers honest
+    peers throughout."""
+    node = cluster.node("victim")
+    frames = {
+        MARKET_PROTOCOL: encode_uvarint(len(GARBAGE)) + GARBAGE,
+        JOB_PROTOCOL: struct.pack(">I", len(GARBAGE)) + GARBAGE,
+        BLOCKS_PROTOCOL: encode_uvarint(len(GARBAGE)) + GARBAGE,
+    }
+    for protocol, frame in frames.items():
+        attacker = await _send_raw(node, TProtocol(protocol), [frame] * 5)
+        await _wait(lambda a=attacker: a in _alive_and_answering(node)["mesh"]["banned_peers"])
+    other = cluster.node("honest", bootstrap=[node.addrs[0]])
+    wait_until(
+        lambda: other.peer_id in {o["peer_id"] for o in node.call("v1.offers.list")},
+        20,
+        "an honest offer after the garbage",
+    )

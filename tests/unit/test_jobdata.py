@@ -170,8 +170,10 @@ def test_a_clean_end_between_frames_is_none_and_inside_one_an_error():
         await a.send_eof()
         reader = jd.FrameReader(MemoryByteStream(b))
         assert await reader.next() == jd.PayloadData(data=b"x")
-        with pytest.raises(WireError):
+        with pytest.raises(WireError) as e:
             await reader.next()
+        # a peer that went away mid-frame broke nothing: not scored like bad input
+        assert e.value.code == "payload_stream_broken"
         a2, b2 = trio.testing.memory_stream_pair()
         await a2.send_eof()
         assert await jd.FrameReader(MemoryByteStream(b2)).next() is None
@@ -180,8 +182,9 @@ def test_a_clean_end_between_frames_is_none_and_inside_one_an_error():
 
 
 def test_an_undecodable_frame_is_a_protocol_error():
-    with pytest.raises(WireError):
+    with pytest.raises(WireError) as e:
         jd.decode_body(msgspec.msgpack.encode({"type": "payload_nonsense"}))
+    assert e.value.code == "payload_protocol"
 
 
 # --- the exchange ---------------------------------------------------------------
@@ -405,3 +408,34 @@ def test_the_store_authorizer_serves_the_result_to_the_requester_only(tmp_path):
     )
     assert trio.run(ask, EVE.peer_id) == jd.NOT_PARTY
     assert trio.run(ask, PROV.peer_id) == jd.NOT_PARTY
+
+
+@pytest.mark.parametrize(
+    ("sent", "scored"),
+    [
+        (struct.pack(">I", 3) + b"\xc1\xc1\xc1", True),  # an undecodable frame
+        (struct.pack(">I", jd.MAX_FRAME + 1), True),  # a frame over the limit
+        (jd.encode_frame(jd.PayloadData(data=b"x")), True),  # data before any request
+        (struct.pack(">I", 100) + b"\x00" * 10, False),  # the asker went away mid-frame
+    ],
+)
+def test_the_server_scores_malformed_input_but_not_a_peer_that_left(
+    payload, tmp_path, sent, scored
+):
+    car, root, _ = payload
+    penalised: list[tuple[str, str]] = []
+    srv, run = server(
+        Grant(PROV.record.account, root, car),
+        tmp_path,
+        penalise=lambda peer, reason: penalised.append((peer, reason)),
+    )
+
+    async def main():
+        a, b = trio.testing.memory_stream_pair()
+        await a.send_all(sent)
+        await a.send_eof()
+        with trio.fail_after(5):
+            await run(MemoryByteStream(b))
+
+    trio.run(main)
+    assert penalised == ([(PROV.peer_id, "payload_protocol")] if scored else [])
