@@ -26,6 +26,7 @@ FILE_NAME = "peers.json"
 MAX_AGE_S = 7 * 24 * 3600.0
 LIMIT = 128
 MAX_ADDRS = 8
+REFRESH_S = 600.0  # how stale a saved last_seen may get when nothing else changed
 
 
 def load(path: Path, now: float) -> list[dict]:
@@ -69,6 +70,16 @@ def merge(
     for peer_id, addrs in connected:
         by_id[peer_id] = {"peer_id": peer_id, "addrs": list(addrs)[:MAX_ADDRS], "last_seen": now}
     return _trim([e for e in by_id.values() if now - e["last_seen"] <= MAX_AGE_S])
+
+
+def needs_save(saved: list[dict], entries: list[dict], saved_at: float, now: float) -> bool:
+    """Write when who we know or their addresses changed; a mere ``last_seen``
+    refresh only every ``REFRESH_S`` (a write is an fsync)."""
+
+    def shape(es: list[dict]) -> set[tuple[str, tuple[str, ...]]]:
+        return {(e["peer_id"], tuple(e["addrs"])) for e in es}
+
+    return shape(saved) != shape(entries) or now - saved_at >= REFRESH_S
 
 
 def save(path: Path, entries: list[dict]) -> None:

@@ -133,6 +133,7 @@ class Node:
         self.mesh.topic_validators["bids"] = self.jobs.validate_bid
         self._peers_file = config.data_path / known_peers.FILE_NAME
         self._known_peers = known_peers.load(self._peers_file, clock())
+        self._known_saved_at = clock()
         self.mesh.remember((e["peer_id"], e["addrs"]) for e in self._known_peers)
 
     @property
@@ -177,10 +178,12 @@ class Node:
             await self._save_known_peers()
 
     async def _save_known_peers(self) -> None:
-        entries = known_peers.merge(self._known_peers, self.mesh.dialable_peers(), self.clock())
-        if entries == self._known_peers:
+        now = self.clock()
+        entries = known_peers.merge(self._known_peers, self.mesh.dialable_peers(), now)
+        saved, self._known_peers = self._known_peers, entries
+        if not known_peers.needs_save(saved, entries, self._known_saved_at, now):
             return
-        self._known_peers = entries
+        self._known_saved_at = now
         try:
             await trio.to_thread.run_sync(known_peers.save, self._peers_file, entries)
         except OSError as exc:

@@ -76,3 +76,14 @@ def test_the_mesh_takes_valid_entries_only() -> None:
         ]
     )
     assert taken == 1
+
+
+def test_a_save_is_needed_for_a_change_or_a_stale_file_not_every_tick() -> None:
+    old = kp.merge([], [(A, [ADDR])], now=100.0)
+    same_later = kp.merge(old, [(A, [ADDR])], now=110.0)
+    assert not kp.needs_save(old, same_later, saved_at=100.0, now=110.0)
+    assert kp.needs_save(old, same_later, saved_at=100.0, now=100.0 + kp.REFRESH_S)
+    moved = kp.merge(old, [(A, ["/ip4/127.0.0.1/tcp/5"])], now=110.0)
+    assert kp.needs_save(old, moved, saved_at=100.0, now=110.0)
+    joined = kp.merge(old, [(B, [ADDR])], now=110.0)
+    assert kp.needs_save(old, joined, saved_at=100.0, now=110.0)
