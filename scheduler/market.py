@@ -137,12 +137,23 @@ class _Shell:
         self.drops: Counter[str] = Counter()
         self.changed = trio.Event()  # set and replaced after every batch of commands
 
-    # the core hooks
+    # the core (a RequesterCore or ProviderCore, set by the subclass): both have
+    # resume(row, now), next_deadline() and handle_timer(now)
+    core: Any
+
+    async def resume(self, rows: list[JobRow]) -> None:
+        """Hand the jobs a previous run left open back to the core, then wake the loop."""
+        async with self._lock:
+            now = self._clock()
+            for row in rows:
+                await self._execute(self.core.resume(row, now), now)
+        await self._inbox_send.send(("wake",))
+
     def _next_deadline(self) -> float | None:
-        raise NotImplementedError
+        return self.core.next_deadline()
 
     def _on_timer(self, now: float) -> list:
-        raise NotImplementedError
+        return self.core.handle_timer(now)
 
     def _on_event(self, event: tuple, now: float) -> list:
         raise NotImplementedError
@@ -272,19 +283,6 @@ class RequesterService(_Shell):
             now = self._clock()
             await self._execute(self.core.cancel(job_id, now), now)
 
-    async def resume(self, rows: list[JobRow]) -> None:
-        async with self._lock:
-            now = self._clock()
-            for row in rows:
-                await self._execute(self.core.resume(row, now), now)
-        await self._inbox_send.send(("wake",))
-
-    def _next_deadline(self) -> float | None:
-        return self.core.next_deadline()
-
-    def _on_timer(self, now: float) -> list:
-        return self.core.handle_timer(now)
-
     def _on_event(self, event: tuple, now: float) -> list:
         kind = event[0]
         if kind == "message":
@@ -338,19 +336,6 @@ class ProviderService(_Shell):
         if outcome.verdict is Verdict.ACCEPT:
             self._enqueue(("bid", outcome.message))
         return outcome
-
-    async def resume(self, rows: list[JobRow]) -> None:
-        async with self._lock:
-            now = self._clock()
-            for row in rows:
-                await self._execute(self.core.resume(row, now), now)
-        await self._inbox_send.send(("wake",))
-
-    def _next_deadline(self) -> float | None:
-        return self.core.next_deadline()
-
-    def _on_timer(self, now: float) -> list:
-        return self.core.handle_timer(now)
 
     def _on_event(self, event: tuple, now: float) -> list:
         kind = event[0]

@@ -200,6 +200,19 @@ class RequesterJob:
                 yield t
 
 
+def _requirements(spec: JobSpec) -> JobRequirements:
+    """What a bid asks of providers, from the job's spec."""
+    res = spec.resources
+    return JobRequirements(
+        executor=spec.executor,
+        cpu=res.cpu,
+        memory_mb=res.memory_mb,
+        gpu=res.gpu,
+        max_seconds=res.max_seconds,
+        max_fuel=res.max_fuel or 0,
+    )
+
+
 class RequesterCore:
     def __init__(
         self,
@@ -260,19 +273,11 @@ class RequesterCore:
         self._submitted += 1
         seed = f"{self.config.peer_id}\n{spec_cid}\n{now!r}\n{self._submitted}"
         job_id = hashlib.sha256(seed.encode()).hexdigest()
-        res = spec.resources
         job = RequesterJob(
             job_id=job_id,
             spec=spec,
             spec_cid=spec_cid,
-            requirements=JobRequirements(
-                executor=spec.executor,
-                cpu=res.cpu,
-                memory_mb=res.memory_mb,
-                gpu=res.gpu,
-                max_seconds=res.max_seconds,
-                max_fuel=res.max_fuel or 0,
-            ),
+            requirements=_requirements(spec),
             max_total=spec.price.max_total,
             deadline=int(now + spec.price.deadline_seconds),
             submitted_at=now,
@@ -313,19 +318,11 @@ class RequesterCore:
     def resume(self, row: JobRow, now: float) -> list[RequesterCommand]:
         """Pick up a job a previous run of the daemon left open (``store.open_jobs``)."""
         spec = msgspec.convert(row.spec["spec"], JobSpec)
-        res = spec.resources
         job = RequesterJob(
             job_id=row.job_id,
             spec=spec,
             spec_cid=row.spec["spec_cid"],
-            requirements=JobRequirements(
-                executor=spec.executor,
-                cpu=res.cpu,
-                memory_mb=res.memory_mb,
-                gpu=res.gpu,
-                max_seconds=res.max_seconds,
-                max_fuel=res.max_fuel or 0,
-            ),
+            requirements=_requirements(spec),
             max_total=spec.price.max_total,
             deadline=int(row.spec["deadline"]),
             submitted_at=float(row.spec["submitted_at"]),
