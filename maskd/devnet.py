@@ -185,6 +185,11 @@ def offers_seen(node: DevNode) -> set[str]:
     return {o["peer_id"] for o in node.call("v1.offers.list")}
 
 
+def peers_seen(node: DevNode) -> set[str]:
+    """Peer ids ``node`` is connected to."""
+    return {p["peer_id"] for p in node.call("v1.peers.list")}
+
+
 def start_devnet(
     n: int,
     root: Path,

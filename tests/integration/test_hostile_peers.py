@@ -21,7 +21,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_uvarint
 
-from maskd.devnet import wait_until
+from maskd.devnet import offers_seen, wait_until
 from p2p.mesh import MESHSUB_11, Mesh, MeshHandlers, MeshSettings, make_host
 from p2p.validation import GossipValidator
 from protocol.messages import BLOCKS_PROTOCOL, JOB_PROTOCOL, MARKET_PROTOCOL, OFFERS_TOPIC
@@ -77,7 +77,7 @@ async def test_a_2_mib_pubsub_frame_does_not_take_the_node_down(cluster):
     # and the node still serves honest peers afterwards
     other = cluster.node("honest", bootstrap=[node.addrs[0]])
     wait_until(
-        lambda: other.peer_id in {o["peer_id"] for o in node.call("v1.offers.list")},
+        lambda: other.peer_id in offers_seen(node),
         20,
         "an honest offer",
     )
@@ -226,7 +226,7 @@ async def test_garbage_on_the_direct_protocols_is_scored_and_the_node_keeps_serv
         await _wait(lambda a=attacker: a in _alive_and_answering(node)["mesh"]["banned_peers"])
     other = cluster.node("honest", bootstrap=[node.addrs[0]])
     wait_until(
-        lambda: other.peer_id in {o["peer_id"] for o in node.call("v1.offers.list")},
+        lambda: other.peer_id in offers_seen(node),
         20,
         "an honest offer after the garbage",
     )

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from maskd.devnet import DevNode, devnet_config_path, wait_until
+from maskd.devnet import DevNode, devnet_config_path, offers_seen, peers_seen, wait_until
 
 
 def _ip(*args: str) -> None:
@@ -51,10 +51,6 @@ def namespaces():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def peers_of(node: DevNode) -> set[str]:
-    return {p["peer_id"] for p in node.call("v1.peers.list")}
-
-
 def test_two_nodes_with_no_bootstrap_find_each_other_by_mdns(namespaces, cluster):
     nodes = []
     for i, (ns, addr) in enumerate(namespaces):
@@ -68,11 +64,11 @@ def test_two_nodes_with_no_bootstrap_find_each_other_by_mdns(namespaces, cluster
         cluster.nodes.append(node)  # stopped by pid at teardown
         nodes.append(node.start().wait_ready())
     a, b = nodes
-    wait_until(lambda: b.peer_id in peers_of(a), 30, "node a to discover node b by mDNS")
-    wait_until(lambda: a.peer_id in peers_of(b), 30, "node b to see node a")
+    wait_until(lambda: b.peer_id in peers_seen(a), 30, "node a to discover node b by mDNS")
+    wait_until(lambda: a.peer_id in peers_seen(b), 30, "node b to see node a")
     # and the mesh works over that link: b's offer reaches a by gossip
     wait_until(
-        lambda: b.peer_id in {o["peer_id"] for o in a.call("v1.offers.list")},
+        lambda: b.peer_id in offers_seen(a),
         30,
         "node b's offer to reach node a",
     )

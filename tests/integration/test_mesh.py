@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from maskd.devnet import wait_until
+from maskd.devnet import offers_seen, peers_seen, wait_until
 
 OFFER_KEYS = {
     "offer_id",
@@ -24,14 +24,6 @@ OFFER_KEYS = {
 TTL = 6.0  # configs/devnet/node.toml
 
 
-def peers_of(node) -> set[str]:
-    return {p["peer_id"] for p in node.call("v1.peers.list")}
-
-
-def offer_peers(node) -> set[str]:
-    return {o["peer_id"] for o in node.call("v1.offers.list")}
-
-
 def test_five_nodes_see_every_offer_and_a_killed_nodes_offer_disappears(cluster):
     nodes = cluster.devnet(5)  # returns once every node sees all 5 offers
     ids = {n.peer_id for n in nodes}
@@ -43,13 +35,15 @@ def test_five_nodes_see_every_offer_and_a_killed_nodes_offer_disappears(cluster)
             assert offer["account"].startswith("0x") and offer["executors"] == ["wasm"]
     # Every node was given only node0 to bootstrap from; the DHT finds the rest.
     wait_until(
-        lambda: all(len(peers_of(n)) == 4 for n in nodes), 30, "a full mesh learned through the DHT"
+        lambda: all(len(peers_seen(n)) == 4 for n in nodes),
+        30,
+        "a full mesh learned through the DHT",
     )
     victim = nodes[4]
     victim.kill()  # SIGKILL: no withdrawal, only expiry or departure can remove it
     survivors = nodes[:4]
     wait_until(
-        lambda: all(victim.peer_id not in offer_peers(n) for n in survivors),
+        lambda: all(victim.peer_id not in offers_seen(n) for n in survivors),
         TTL + 5,
         "the killed node's offer to disappear everywhere",
     )
@@ -61,9 +55,11 @@ def test_a_sigstopped_node_is_dropped_by_liveness(cluster):
     try:
         # devnet config: ping every 1 s, 2 s timeout, dropped after 2 misses in a row
         wait_until(
-            lambda: c.peer_id not in peers_of(a) | peers_of(b), 25, "the hung node to be dropped"
+            lambda: c.peer_id not in peers_seen(a) | peers_seen(b),
+            25,
+            "the hung node to be dropped",
         )
-        assert c.peer_id not in offer_peers(a)
+        assert c.peer_id not in offers_seen(a)
         assert (
             a.call("v1.node.info")["mesh"]["hung_disconnects"]
             + b.call("v1.node.info")["mesh"]["hung_disconnects"]
@@ -93,8 +89,10 @@ def test_a_node_started_before_its_bootstrap_peer_joins_when_it_comes_up(cluster
     boot = cluster.node("boot", extra_args=["--listen", f"/ip4/127.0.0.1/tcp/{port}"])
     assert boot.peer_id == ident.peer_id
     # well inside the 60 s negative-cache window
-    wait_until(lambda: boot.peer_id in peers_of(early), 20, "the late bootstrap peer to be joined")
-    wait_until(lambda: boot.peer_id in offer_peers(early), 15, "the late peer's offer")
+    wait_until(
+        lambda: boot.peer_id in peers_seen(early), 20, "the late bootstrap peer to be joined"
+    )
+    wait_until(lambda: boot.peer_id in offers_seen(early), 15, "the late peer's offer")
 
 
 def test_sigterm_withdraws_the_offer_removes_the_socket_and_exits_0(cluster):
@@ -105,7 +103,7 @@ def test_sigterm_withdraws_the_offer_removes_the_socket_and_exits_0(cluster):
     assert code == 0
     assert not b.socket.exists()
     # withdrawn, not expired: the TTL is 120 s
-    wait_until(lambda: b.peer_id not in offer_peers(a), 5, "the withdrawn offer to disappear")
+    wait_until(lambda: b.peer_id not in offers_seen(a), 5, "the withdrawn offer to disappear")
 
 
 def test_one_daemon_per_data_dir_and_a_stale_socket_is_replaced(cluster):
@@ -170,10 +168,10 @@ def test_a_bootstrap_node_restarted_on_a_new_port_finds_its_peers_again(cluster)
     old_addrs = set(a.call("v1.node.info")["addrs"])
     wait_until(lambda: (a.data_dir / "peers.json").exists(), 20, "node0 to record its peers")
     assert a.stop() == 0
-    wait_until(lambda: a.peer_id not in peers_of(b) | peers_of(c), 20, "node0 to be gone")
+    wait_until(lambda: a.peer_id not in peers_seen(b) | peers_seen(c), 20, "node0 to be gone")
     a.start().wait_ready()
     assert set(a.call("v1.node.info")["addrs"]).isdisjoint(old_addrs)
     wait_until(
-        lambda: peers_of(a) >= {b.peer_id, c.peer_id}, 30, "node0 to redial its remembered peers"
+        lambda: peers_seen(a) >= {b.peer_id, c.peer_id}, 30, "node0 to redial its remembered peers"
     )
-    wait_until(lambda: a.peer_id in offer_peers(b), 20, "node0's offer to reach node1 again")
+    wait_until(lambda: a.peer_id in offers_seen(b), 20, "node0's offer to reach node1 again")
