@@ -22,6 +22,7 @@ import msgspec
 
 from protocol.codec import DECODE_ERRORS
 from protocol.messages import BLOCKS_PROTOCOL
+from protocol.varint import encode_varint
 
 __all__ = [
     "BLOCKS_PROTOCOL",
@@ -95,20 +96,11 @@ class FrameError(Exception):
         self.reason = reason
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def encode_frame(message: BlockMessage) -> bytes:
     body = _encoder.encode(message)
     if len(body) > MAX_FRAME_BYTES:
         raise ValueError(f"frame of {len(body)} bytes is over {MAX_FRAME_BYTES}")
-    return _varint(len(body)) + body
+    return encode_varint(len(body)) + body
 
 
 def decode_message(body: bytes | memoryview) -> BlockMessage:

@@ -20,14 +20,13 @@ import hashlib
 from typing import NamedTuple
 
 from protocol.errors import StorageError
+from protocol.varint import decode_varint, encode_varint
 
 RAW = 0x55
 DAG_PB = 0x70
 SHA2_256 = 0x12
 IDENTITY = 0x00
 CODECS = {RAW: "raw", DAG_PB: "dag-pb"}
-
-_MAX_VARINT_BYTES = 9  # multiformats unsigned varints are at most 63 bits
 
 
 class CidParts(NamedTuple):
@@ -37,36 +36,6 @@ class CidParts(NamedTuple):
     codec: int
     hash_code: int
     digest: bytes
-
-
-def encode_varint(n: int) -> bytes:
-    """Unsigned LEB128, as used by multiformats and protobuf."""
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def decode_varint(buf: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
-    """Return ``(value, next_pos)``; raise ValueError on truncation or overlong input."""
-    result = 0
-    shift = 0
-    for i in range(_MAX_VARINT_BYTES + 1):
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if b == 0 and i > 0:
-                raise ValueError("non-minimal varint")
-            return result, pos
-        shift += 7
-    raise ValueError("varint too long")
 
 
 def cid_bytes_v1(codec: int, digest: bytes) -> bytes:
