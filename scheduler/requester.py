@@ -506,12 +506,13 @@ class RequesterCore:
         if r.error_code:
             # a failed run still has logs: keep its output CID and fetch it, so
             # `mask job ID --logs` can show the program's stderr
-            fields = {"output_cid": r.output_cid} if r.output_cid else {}
+            fields = {}
+            if r.output_cid:
+                job.output_cid = fields["output_cid"] = r.output_cid
             cmds.append(self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, **fields))
             error = {"code": r.error_code, "message": r.error_message, "exit_code": r.exit_code}
             cmds += self._finish(job, JobEvent.FAILED, now, error=error)
             if r.output_cid:
-                job.output_cid = r.output_cid
                 cmds.append(FetchLogs(job.job_id, source, r.output_cid))
             return cmds + self._wake_one(now)
         job.output_cid = r.output_cid
