@@ -32,6 +32,7 @@ from protocol.codec import encode
 from protocol.identity import sign_gossip
 from protocol.market import BidValidator, JobBid, decode_market, encode_market
 from protocol.messages import BIDS_TOPIC
+from protocol.supervisor import Supervisor, TaskFailure
 from protocol.verdict import Outcome, Verdict
 from scheduler import provider as pv
 from scheduler import requester as rq
@@ -123,7 +124,9 @@ class _Shell:
         inbox_size: int,
         max_tasks: int,
         max_outbox: int = 256,
+        supervisor: Supervisor | None = None,
     ):
+        self.supervisor = supervisor or Supervisor("market")
         self._store = store
         self._transport = transport
         self._clock = clock
@@ -191,8 +194,13 @@ class _Shell:
                     event = await self._inbox.receive()
                 async with self._lock:
                     now = self._clock()
-                    cmds = self._on_timer(now) if event is None else self._on_event(event, now)
-                    await self._execute(cmds, now)
+                    try:
+                        cmds = self._on_timer(now) if event is None else self._on_event(event, now)
+                        await self._execute(cmds, now)
+                    except Exception as exc:  # one event's failure, not the service's
+                        what = "timer" if event is None else str(event[0])
+                        self.supervisor.record("event", what, exc)
+                        self._notify()
 
     async def _execute(self, cmds: list, now: float) -> None:
         for cmd in cmds:
@@ -215,7 +223,7 @@ class _Shell:
         queue = self._outbox.get(peer_id)
         if queue is None:
             queue = deque()
-            if not self._spawn(self._drain, peer_id, queue):
+            if not self._spawn("send", self._drain, peer_id, queue, context=peer_id):
                 return
             self._outbox[peer_id] = queue
         if len(queue) >= self._max_outbox:
@@ -234,7 +242,16 @@ class _Shell:
         finally:
             del self._outbox[peer_id]
 
-    def _spawn(self, fn: Callable[..., Any], *args: Any) -> bool:
+    def _spawn(
+        self,
+        kind: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        context: str = "",
+        on_error: Callable[[TaskFailure], Any] | None = None,
+    ) -> bool:
+        """Start a bounded task under the supervisor: an error in it fails that
+        task (``on_error`` reports it as the thing it was doing), never the service."""
         if self._tasks >= self._max_tasks or self._nursery is None:
             self.drops["too_many_tasks"] += 1
             return False
@@ -242,7 +259,7 @@ class _Shell:
 
         async def task() -> None:
             try:
-                await fn(*args)
+                await self.supervisor.run(kind, fn, *args, context=context, on_error=on_error)
             finally:
                 self._tasks -= 1
 
@@ -296,9 +313,22 @@ class RequesterService(_Shell):
             data = encode(sign_gossip(encode_market(cmd.bid), self._peer_key))
             await self._gossip.publish(BIDS_TOPIC, data)
         elif isinstance(cmd, rq.FetchOutput):
-            self._spawn(self._fetch, cmd)
+            self._spawn(
+                "fetch_output",
+                self._fetch,
+                cmd,
+                context=cmd.job_id,
+                on_error=self._fetch_failed(cmd),
+            )
         elif isinstance(cmd, rq.FetchLogs):
-            self._spawn(self._outputs.fetch_logs, cmd.job_id, cmd.peer_id, cmd.output_cid)
+            self._spawn(
+                "fetch_logs",
+                self._outputs.fetch_logs,
+                cmd.job_id,
+                cmd.peer_id,
+                cmd.output_cid,
+                context=cmd.job_id,
+            )
         else:
             return False
         return True
@@ -308,6 +338,13 @@ class RequesterService(_Shell):
             cmd.peer_id, cmd.output_cid, cmd.verify_mode
         )
         await self._inbox_send.send(("verified", cmd.job_id, ok, detail))
+
+    def _fetch_failed(self, cmd: rq.FetchOutput) -> Callable[[TaskFailure], Any]:
+        async def report(failure: TaskFailure) -> None:
+            detail = f"checking the output failed here ({failure.error}): {failure.message}"
+            await self._inbox_send.send(("verified", cmd.job_id, False, detail))
+
+        return report
 
 
 class ProviderService(_Shell):
@@ -348,6 +385,8 @@ class ProviderService(_Shell):
             return self.core.execution_finished(event[1], event[2], now)
         if kind == "stored":
             return self.core.output_stored(event[1], event[2], now)
+        if kind == "store_failed":
+            return self.core.output_failed(event[1], "output_store_failed", event[2], now)
         return []
 
     async def _run_command(self, cmd: Any, now: float) -> bool:
@@ -356,13 +395,26 @@ class ProviderService(_Shell):
         elif isinstance(cmd, pv.StartExecution):
             scope = trio.CancelScope()
             self._executions[cmd.job_id] = scope
-            self._spawn(self._execute_job, cmd, scope)
+            self._spawn(
+                "execute",
+                self._execute_job,
+                cmd,
+                scope,
+                context=cmd.job_id,
+                on_error=self._execution_failed(cmd.job_id, scope),
+            )
         elif isinstance(cmd, pv.AbortExecution):
             scope = self._executions.pop(cmd.job_id, None)
             if scope is not None:
                 scope.cancel()
         elif isinstance(cmd, pv.StoreOutput):
-            self._spawn(self._store_output, cmd.job_id)
+            self._spawn(
+                "store_output",
+                self._store_output,
+                cmd.job_id,
+                context=cmd.job_id,
+                on_error=self._store_failed(cmd.job_id),
+            )
         else:
             return False
         return True
@@ -384,3 +436,31 @@ class ProviderService(_Shell):
     async def _store_output(self, job_id: str) -> None:
         cid = await self._worker.store_output(job_id)
         await self._inbox_send.send(("stored", job_id, cid))
+
+    def _execution_failed(
+        self, job_id: str, scope: trio.CancelScope
+    ) -> Callable[[TaskFailure], Any]:
+        """The worker raised: the job fails with the reason, like any failed run."""
+
+        async def report(failure: TaskFailure) -> None:
+            if self._executions.get(job_id) is scope:
+                del self._executions[job_id]
+            self._payloads.pop(job_id, None)
+            outcome = pv.failed_outcome(
+                "provider_error",
+                f"the provider could not run the job ({failure.error}): {failure.message}",
+            )
+            await self._inbox_send.send(("finished", job_id, outcome))
+
+        return report
+
+    def _store_failed(self, job_id: str) -> Callable[[TaskFailure], Any]:
+        """Storing the output raised: the job fails with the reason, with no output."""
+
+        async def report(failure: TaskFailure) -> None:
+            message = (
+                f"the provider could not store the output ({failure.error}): {failure.message}"
+            )
+            await self._inbox_send.send(("store_failed", job_id, message))
+
+        return report

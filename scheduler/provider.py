@@ -21,6 +21,8 @@ A remembered quote is dropped on lapse, on the requester's
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -48,6 +50,7 @@ from scheduler.store import CreateJob, JobRow, RecordTransition
 __all__ = [
     "AbortExecution",
     "ExecutionOutcome",
+    "failed_outcome",
     "FetchPayload",
     "ProviderCommand",
     "ProviderConfig",
@@ -170,6 +173,19 @@ class ExecutionOutcome:
     stderr_sha256: bytes
     error_code: str = ""
     error_message: str = ""
+
+
+def failed_outcome(code: str, message: str) -> ExecutionOutcome:
+    """A run that produced nothing: no exit code, no usage, empty logs."""
+    empty = hashlib.sha256(b"").digest()
+    return ExecutionOutcome(
+        exit_code=None,
+        usage=UsageReport(),
+        stdout_sha256=empty,
+        stderr_sha256=empty,
+        error_code=code,
+        error_message=message,
+    )
 
 
 @dataclass(slots=True)
@@ -415,6 +431,18 @@ class ProviderCore:
             error = {"code": o.error_code, "message": o.error_message}
             return [*sent, self._transition(job, JobEvent.FAILED, error=error)]
         return [*sent, self._transition(job, JobEvent.VERIFIED)]
+
+    def output_failed(
+        self, job_id: str, code: str, message: str, now: float
+    ) -> list[ProviderCommand]:
+        """Storing the output failed: the job fails with that reason and no output,
+        and the requester is told so in a signed result (its logs are lost too)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.outcome is None:
+            self.counters["stale_output"] += 1
+            return []
+        job.outcome = dataclasses.replace(job.outcome, error_code=code, error_message=message)
+        return self.output_stored(job_id, "", now)
 
     def resume(self, row: JobRow, now: float) -> list[ProviderCommand]:
         """Restart a job a previous run left matched or running: run it again from the start."""

@@ -115,6 +115,7 @@ class Script:
     error_code: str = ""
     error_message: str = ""
     exit_code: int | None = 0
+    crash: str = ""  # "fetch", "execute" or "store": that step raises (a worker bug)
 
 
 class FakeWorker:
@@ -132,20 +133,33 @@ class FakeWorker:
         self.started: list[str] = []
         self.finished: list[str] = []
         self.aborted: list[str] = []
+        self._plans: dict[str, Script] = {}
+
+    def _plan(self, job_id: str) -> Script:
+        """The script of this run of ``job_id``: asked once per run, at its first step."""
+        script = self._plans.get(job_id)
+        if script is None:
+            script = self._plans[job_id] = self._script(job_id)
+        return script
 
     async def fetch_payload(self, job_id: str, peer_id: str, spec_cid: str) -> None:
         await trio.lowlevel.checkpoint()
         self.fetched.append(job_id)
+        if self._plan(job_id).crash == "fetch":
+            raise AttributeError("'list' object has no attribute 'get'")
 
     async def execute(self, job_id: str, agreement: Agreement) -> ExecutionOutcome:
-        script = self._script(job_id)
+        script = self._plan(job_id)
         self.started.append(job_id)
+        if script.crash == "execute":
+            raise MemoryError()
         try:
             if script.hang:
                 await trio.sleep_forever()
             await trio.sleep(script.duration)
         except trio.Cancelled:
             self.aborted.append(job_id)
+            self._plans.pop(job_id, None)
             raise
         self.finished.append(job_id)
         digest = hashlib.sha256(f"{self.peer_id}:{job_id}".encode()).digest()
@@ -160,6 +174,8 @@ class FakeWorker:
 
     async def store_output(self, job_id: str) -> str:
         await trio.lowlevel.checkpoint()
+        if self._plans.pop(job_id, Script()).crash == "store":
+            raise OSError(36, "File name too long")
         cid = "bafkfake" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
         if self._outputs is not None:
             self._outputs.stored.add(cid)
@@ -173,12 +189,15 @@ class FakeOutputs:
         self.stored: set[str] = set()
         self.fetched: list[str] = []
         self.logs_fetched: list[tuple[str, str]] = []
+        self.crash = False  # fetch_and_verify raises (a bug on the requester's side)
 
     async def fetch_and_verify(
         self, peer_id: str, output_cid: str, verify_mode: str
     ) -> tuple[bool, str]:
         await trio.lowlevel.checkpoint()
         self.fetched.append(output_cid)
+        if self.crash:
+            raise ValueError("embedded null byte")
         if output_cid in self.stored:
             return True, ""
         return False, f"output {output_cid} is not retrievable"
