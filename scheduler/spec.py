@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -55,8 +56,12 @@ MAX_TOTAL = 2**256 - 1  # a uint256 on chain
 MAX_ARGS = 256
 MAX_ARG_BYTES = 4096
 MAX_INPUTS = 1024
+MAX_SPEC_BYTES = 1 << 20  # a job.toml is a few hundred bytes; data goes in inputs
+MAX_INPUT_NAME_BYTES = 255  # NAME_MAX: an input becomes a file name under /in
+MAX_PATH_BYTES = 4096  # PATH_MAX
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# fullmatch, not `^…$`: `$` also matches before a trailing newline
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CID_PREFIXES = ("bafy", "bafk", "Qm")
 
 _TOP_KEYS = ("name", "executor", "program", "args", "inputs", "resources", "price", "verify")
@@ -119,12 +124,20 @@ def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a ``job.toml``; local paths resolve against its folder."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise _invalid(
+                None,
+                f"spec file {str(path)!r} is larger than {MAX_SPEC_BYTES} bytes",
+                "a job.toml describes the job; put data in input files",
+            )
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise _invalid(
             None, f"spec file {str(path)!r} does not exist", "check the path to job.toml"
         ) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, or a NUL in the path
         raise _invalid(
             None, f"cannot read spec file {str(path)!r}: {e}", "is it a UTF-8 TOML file?"
         ) from None
@@ -134,14 +147,22 @@ def load_spec(path: str | Path) -> JobSpec:
         raise _invalid(
             None, f"{path.name} is not valid TOML: {e}", "see docs/jobspec.md for the format"
         ) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise _invalid(
+            None,
+            f"{path.name} nests arrays or tables too deeply",
+            "a job spec needs at most two levels; see docs/jobspec.md",
+        ) from None
     return parse_spec(data, base_dir=path.resolve().parent)
 
 
 def parse_spec(data: Mapping[str, Any], *, base_dir: Path) -> JobSpec:
     """Validate an already-parsed TOML document. ``base_dir`` anchors relative paths."""
+    if not isinstance(data, Mapping):
+        raise _invalid(None, f"must be a table of keys, got {_tname(data)}", "see docs/jobspec.md")
     _check_keys(data, _TOP_KEYS, prefix="")
     name = _require_str(data, "name", "")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise _invalid(
             "name",
             f"{name!r} is not a valid job name",
@@ -203,10 +224,14 @@ def _args(value: Any) -> tuple[str, ...]:
                 f"must be a string, got {_tname(arg)}",
                 f"quote it: args = [{str(arg)!r}]".replace("'", '"'),
             )
-        if len(arg.encode()) > MAX_ARG_BYTES or "\x00" in arg:
+        try:
+            size = len(arg.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: not text a program can receive
+            size = MAX_ARG_BYTES + 1
+        if size > MAX_ARG_BYTES or "\x00" in arg:
             raise _invalid(
                 f"args[{i}]",
-                f"must be at most {MAX_ARG_BYTES} bytes with no NUL character",
+                f"must be valid text of at most {MAX_ARG_BYTES} bytes with no NUL character",
                 "pass large data as an input file",
             )
     return tuple(value)
@@ -236,6 +261,7 @@ def _inputs(value: Any, base_dir: Path) -> tuple[ContentRef, ...]:
                 'e.g. inputs = ["data/"]',
             )
         ref = _content_ref(item, field, base_dir, want_file=False)
+        _check_input_name(ref, item, field)
         if ref.name in seen:
             raise _invalid(
                 field,
@@ -342,10 +368,42 @@ def _verify(table: Mapping[str, Any]) -> Verify:
 # --- helpers ----------------------------------------------------------------
 
 
+def _check_input_name(ref: ContentRef, value: str, field: str) -> None:
+    """An input becomes ``/in/<name>`` in the bundle: one plain, printable file name."""
+    last = value.rstrip("/").rsplit("/", 1)[-1]
+    name = ref.name
+    if ref.kind == "path" and last in ("", ".", ".."):
+        raise _invalid(
+            field,
+            f"{value!r} names no file or folder of its own (it would be mounted as /in/{name})",
+            'name the file or folder itself, e.g. inputs = ["data/"]',
+        )
+    if name in ("", ".", "..") or "/" in name:
+        raise _invalid(field, f"{name!r} cannot be a file name under /in", "rename it")
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name):
+        raise _invalid(
+            field,
+            f"the name {name!r} has a control character",
+            "rename the file or folder to printable characters",
+        )
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_INPUT_NAME_BYTES:
+        raise _invalid(
+            field,
+            f"the name is longer than {MAX_INPUT_NAME_BYTES} bytes",
+            "rename the file or folder",
+        )
+
+
 def _content_ref(value: str, field: str, base_dir: Path, *, want_file: bool) -> ContentRef:
     """A CID if it looks like one and decodes; otherwise a path that must exist."""
     if not value:
         raise _invalid(field, "is empty", "give a path relative to job.toml, or a CID")
+    if "\x00" in value:
+        raise _invalid(field, "contains a NUL character", "give a path or a CID")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise _invalid(
+            field, f"is longer than {MAX_PATH_BYTES} bytes", "give a shorter path, or a CID"
+        )
     if value.startswith(_CID_PREFIXES):
         try:
             return ContentRef("cid", str(CID.decode(value)))
@@ -353,9 +411,18 @@ def _content_ref(value: str, field: str, base_dir: Path, *, want_file: bool) -> 
             cid_error: Exception | None = e
     else:
         cid_error = None
-    path = (base_dir / value).resolve()
-    if path.exists():
-        if want_file and not path.is_file():
+    try:
+        path = (base_dir / value).resolve()
+        exists = path.exists()
+        is_file = exists and path.is_file()
+    except (OSError, ValueError, RuntimeError) as e:  # EACCES, ENAMETOOLONG, a symlink loop
+        raise _invalid(
+            field,
+            f"{value!r} cannot be checked: {getattr(e, 'strerror', None) or e}",
+            "give a readable path relative to job.toml, or a CID",
+        ) from None
+    if exists:
+        if want_file and not is_file:
             raise _invalid(
                 field,
                 f"{value!r} is not a file",
@@ -390,7 +457,7 @@ def _table(data: Mapping[str, Any], key: str, *, required: bool) -> Mapping[str,
 
 def _check_keys(table: Mapping[str, Any], known: tuple[str, ...], *, prefix: str) -> None:
     for key in table:
-        if key not in known:
+        if not isinstance(key, str) or key not in known:
             raise _invalid(
                 f"{prefix}{key}",
                 "unknown key",
