@@ -338,7 +338,7 @@ class Sweeper:
     async def sweep(self) -> list[Deletion]:
         """One pass; what it deleted."""
         async with self.files.lock:
-            rows = await trio.to_thread.run_sync(self.store.jobs)
+            rows = await self.store.jobs()  # scheduler.async_store facade
             found = await self._scan()
             plan = plan_sweep(
                 [JobRef.from_row(r) for r in rows],

@@ -118,7 +118,7 @@ class Node:
             peer_id=identity.peer_id,
             open_stream=self.mesh.new_stream,
             connected_peers=lambda: [v.peer_id for v in self.mesh.peers()],
-            penalise=self.mesh._penalise,
+            penalise=self.mesh.penalise,
             publish=self.events.publish,
             lookup_offer=self.book.get,
             list_offers=self.book.offers,

@@ -446,7 +446,7 @@ class Mesh:
             self.validator.drops[f"{kind}_{reason}"] += 1
             fwd = forwarder.to_base58()
             if verdict.penalises and fwd != self.peer_id.to_base58():
-                self._penalise(fwd, reason)
+                self.penalise(fwd, reason)
             return False
         outcome = self.validator.validate(msg.data, source=source, topic_kind=kind, now=now)
         if outcome.verdict.delivers:
@@ -463,7 +463,7 @@ class Mesh:
                 outcome.reason,
                 outcome.detail,
             )
-            self._penalise(fwd, outcome.reason.value)
+            self.penalise(fwd, outcome.reason.value)
         return False
 
     async def _drain_subscription(self, topic: str, sub) -> None:
@@ -484,9 +484,10 @@ class Mesh:
         self.validator.count_drop(Reason.GARBAGE_FRAME)
         peer_id = peer.to_base58()
         log.warning("garbage pubsub frame from %s (%s): stream reset", peer_id, type(exc).__name__)
-        self._penalise(peer_id, Reason.GARBAGE_FRAME.value)
+        self.penalise(peer_id, Reason.GARBAGE_FRAME.value)
 
-    def _penalise(self, peer_id: str, reason: str) -> None:
+    def penalise(self, peer_id: str, reason: str) -> None:
+        """Score ``peer_id`` down for ``reason`` (protocol.verdict); bans past the threshold."""
         ban = self.scores.penalise(peer_id, reason, self.clock())
         if ban is not None:
             self._apply_ban(ban)

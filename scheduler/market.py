@@ -36,8 +36,9 @@ from protocol.supervisor import Supervisor, TaskFailure
 from protocol.verdict import Outcome, Verdict
 from scheduler import provider as pv
 from scheduler import requester as rq
+from scheduler.async_store import AsyncStore, InlineStore, ThreadedStore
 from scheduler.spec import JobSpec
-from scheduler.store import CreateJob, JobRow, JobStore, RecordTransition
+from scheduler.store import CreateJob, JobRow, RecordTransition
 
 __all__ = [
     "AsyncStore",
@@ -81,35 +82,6 @@ class Worker(Protocol):
     async def execute(self, job_id: str, agreement: Any) -> pv.ExecutionOutcome: ...
 
     async def store_output(self, job_id: str) -> str: ...
-
-
-class AsyncStore(Protocol):
-    async def apply(self, command: CreateJob | RecordTransition, now: float) -> JobRow: ...
-
-
-class ThreadedStore:
-    """The daemon's store: sqlite in a worker thread, one at a time."""
-
-    def __init__(self, store: JobStore):
-        self.store = store
-        self._limiter = trio.CapacityLimiter(1)
-
-    async def apply(self, command: CreateJob | RecordTransition, now: float) -> JobRow:
-        return await trio.to_thread.run_sync(
-            lambda: self.store.apply(command, now=now), limiter=self._limiter
-        )
-
-
-class InlineStore:
-    """Calls sqlite on the event loop. For tests under ``MockClock(autojump_threshold=0)``:
-    a task waiting on a thread looks idle, so autojump would move virtual time
-    while sqlite runs and the timings tests assert would drift."""
-
-    def __init__(self, store: JobStore):
-        self.store = store
-
-    async def apply(self, command: CreateJob | RecordTransition, now: float) -> JobRow:
-        return self.store.apply(command, now=now)
 
 
 class _Shell:
@@ -280,8 +252,16 @@ class RequesterService(_Shell):
         clock: Callable[[], float],
         inbox_size: int = 1024,
         max_tasks: int = 1024,
+        supervisor: Supervisor | None = None,
     ):
-        super().__init__(store, transport, clock, inbox_size=inbox_size, max_tasks=max_tasks)
+        super().__init__(
+            store,
+            transport,
+            clock,
+            inbox_size=inbox_size,
+            max_tasks=max_tasks,
+            supervisor=supervisor,
+        )
         self.core = core
         self._gossip = gossip
         self._outputs = outputs
@@ -359,8 +339,16 @@ class ProviderService(_Shell):
         validator: BidValidator | None = None,
         inbox_size: int = 1024,
         max_tasks: int = 1024,
+        supervisor: Supervisor | None = None,
     ):
-        super().__init__(store, transport, clock, inbox_size=inbox_size, max_tasks=max_tasks)
+        super().__init__(
+            store,
+            transport,
+            clock,
+            inbox_size=inbox_size,
+            max_tasks=max_tasks,
+            supervisor=supervisor,
+        )
         self.core = core
         self.validator = validator or BidValidator()
         self._worker = worker

@@ -20,9 +20,10 @@ import trio
 import trio.testing
 
 from maskd.jobfiles import SWEEP_INTERVAL_S, BundleCache, PrivateFiles, Sweeper, scan_files
-from maskd.jobs import WasmWorker
 from maskd.retention import Reason, RetentionPolicy, cache_key
+from maskd.wasm_worker import WasmWorker
 from protocol.errors import JobError
+from scheduler.async_store import ThreadedStore
 from scheduler.jobstate import JobEvent
 from scheduler.store import JobStore
 from storage.carfile import write_path_car
@@ -64,7 +65,8 @@ def node(tmp_path):
 
 
 def sweeper(node, **kw) -> Sweeper:
-    return Sweeper(node.dir, node.files, node.store, node.cache, POLICY, clock=node.clock, **kw)
+    store = ThreadedStore(node.store)
+    return Sweeper(node.dir, node.files, store, node.cache, POLICY, clock=node.clock, **kw)
 
 
 def tree(root: Path, text: str) -> Path:

@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from maskd.jobs import (
+from maskd.jobfiles import PrivateFiles
+from maskd.payloads import (
     Grant,
     PayloadRefusal,
     PayloadServer,
-    PrivateFiles,
     fetch_private,
     store_authorizer,
 )
@@ -22,6 +22,7 @@ from protocol import jobdata as jd
 from protocol.errors import JobError, StorageError, WireError
 from protocol.identity import make_identity_record
 from protocol.market import Agreement, AgreementTerms
+from scheduler.async_store import InlineStore
 from scheduler.jobstate import JobEvent
 from storage.carfile import CarFile, export_car, verify_car, write_path_car
 from storage.crypto import encrypt_bytes, x25519_from_seed
@@ -360,7 +361,7 @@ def test_the_store_authorizer_serves_the_bundle_to_the_matched_provider_only(tmp
     files = PrivateFiles(tmp_path / "private")
     store = JobStore(tmp_path / "jobs.db")
     store.create(JOB, role="requester", spec={"spec_cid": "bafyspec"}, now=1.0)
-    authorize = store_authorizer(store, files, match_wait=0.2)
+    authorize = store_authorizer(InlineStore(store), files, match_wait=0.2)
 
     async def ask(peer, kind="bundle", job=JOB):
         try:
@@ -393,7 +394,7 @@ def test_the_store_authorizer_serves_the_result_to_the_requester_only(tmp_path):
     files = PrivateFiles(tmp_path / "private")
     store = JobStore(tmp_path / "jobs.db")
     store.create(JOB, role="provider", spec={}, now=1.0, agreement=agreement("bafyspec"))
-    authorize = store_authorizer(store, files, match_wait=0.2)
+    authorize = store_authorizer(InlineStore(store), files, match_wait=0.2)
 
     async def ask(peer):
         try:

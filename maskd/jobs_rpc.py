@@ -1,0 +1,279 @@
+"""The ``v1.jobs.*`` RPC methods: submit, read, cancel, explain, results and logs.
+
+A request is the local user's; what it returns may hold text a provider or a
+job wrote (errors, logs): the client renders that as untrusted text.
+Results and logs come out of private CARs under limits (storage.exporter):
+a hostile provider's result cannot write outside the chosen folder, create
+links, or unpack more than the job was allowed to write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import trio
+
+from maskd.jobfiles import PrivateFiles
+from protocol.errors import JobError, MaskError, RpcError
+from scheduler.async_store import ThreadedStore
+from scheduler.market import RequesterService
+from scheduler.spec import JobSpec, load_spec
+from scheduler.store import JobRow
+from storage.carfile import export_car
+from storage.exporter import export_to_path
+
+REF_FETCH_TIMEOUT_S = 120.0
+
+
+def job_json(row: JobRow) -> dict[str, Any]:
+    spec = row.spec or {}
+    return {
+        "job_id": row.job_id,
+        "role": row.role,
+        "name": spec.get("name"),
+        "state": str(row.state),
+        "provider": row.provider_peer,
+        "provider_account": row.provider_account,
+        "price": row.price,
+        "usage": row.usage,
+        "output_cid": row.output_cid,
+        "error": row.error,
+        "explanation": row.explanation,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+class JobsRpc:
+    """``v1.jobs.*`` over the job store (async facade), the requester service and
+    the node's private files; CID inputs come through ``storage``."""
+
+    def __init__(
+        self,
+        *,
+        store: ThreadedStore,
+        requester: RequesterService,
+        private: PrivateFiles,
+        storage: Any,  # storage.service.StorageService: .store, .exchange
+        connected_peers: Callable[[], list[str]],
+        work_dir: Path,
+        clock: Callable[[], float],
+        stats: Callable[[], dict],
+    ):
+        self.store = store
+        self.requester = requester
+        self.private = private
+        self.storage = storage
+        self.connected_peers = connected_peers
+        self.dir = work_dir
+        self.clock = clock
+        self._stats = stats
+
+    def methods(self) -> dict:
+        return {
+            "v1.jobs.submit": self.submit,
+            "v1.jobs.list": self.list,
+            "v1.jobs.get": self.get,
+            "v1.jobs.cancel": self.cancel,
+            "v1.jobs.explain": self.explain,
+            "v1.jobs.result": self.result,
+            "v1.jobs.logs": self.logs,
+            "v1.jobs.owed": self.owed,
+            "v1.jobs.stats": self.stats,
+        }
+
+    async def stats(self, params: dict) -> dict:
+        """Counters for job payloads: served, cached, swept (reasons as in maskd.retention)."""
+        return self._stats()
+
+    async def owed(self, params: dict) -> dict:
+        """What this node owes providers for completed jobs (settled by the ledger, later)."""
+        entries = await self.store.owed()
+        return {
+            "entries": [dataclasses.asdict(e) for e in entries],
+            "totals": await self.store.owed_totals(),
+        }
+
+    async def submit(self, params: dict) -> dict:
+        path = params.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise RpcError("params.path must be an absolute path to a job.toml", rpc_code=-32602)
+        spec = await trio.to_thread.run_sync(load_spec, path)
+        bundle = await self._bundle(spec)
+        try:
+            # a private CAR, not the shared block store: it is served over
+            # /mask/job/1 to the job's matched provider only
+            spec_cid = await self.private.add(bundle, "bundle")
+        finally:
+            await trio.to_thread.run_sync(shutil.rmtree, bundle, True)
+        job_id = await self.requester.submit(spec, spec_cid)
+        row = await self.store.get(job_id, role="requester")
+        return {"job_id": job_id, "state": str(row.state), "spec_cid": spec_cid}
+
+    async def _bundle(self, spec: JobSpec) -> Path:
+        """The job bundle dir; CID programs and inputs are fetched from peers first."""
+        store = self.storage.store
+        for ref in (spec.program, *spec.inputs):
+            if ref.kind == "cid":
+                await self._fetch_ref(ref.value)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=self.dir))
+
+        def place(ref, dest: Path) -> None:
+            if ref.kind == "cid":
+                export_to_path(ref.value, store.get, str(dest))
+            elif Path(ref.value).is_dir():
+                shutil.copytree(ref.value, dest)
+            else:
+                shutil.copyfile(ref.value, dest)
+
+        def build() -> None:
+            doc = msgspec.to_builtins(spec)
+            doc["program"] = "program.wasm"
+            names = []
+            (tmp / "in").mkdir()
+            for ref in spec.inputs:
+                place(ref, tmp / "in" / ref.name)
+                names.append(ref.name)
+            doc["inputs"] = names
+            place(spec.program, tmp / "program.wasm")
+            if (tmp / "program.wasm").is_dir():
+                raise JobError(
+                    f"program {spec.program.value} is a directory, not a .wasm file",
+                    code="spec_invalid",
+                    hint="point `program` at the CID of the .wasm file itself",
+                )
+            (tmp / "job.json").write_text(json.dumps(doc, sort_keys=True))
+
+        try:
+            await trio.to_thread.run_sync(build)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return tmp
+
+    async def _fetch_ref(self, cid: str) -> None:
+        """Make a CID's DAG local (from the store, else from connected peers)."""
+        missing = await trio.to_thread.run_sync(self.storage.store.missing, cid)
+        if not missing:
+            return
+        peers = self.connected_peers()
+        if not peers:
+            raise JobError(
+                f"{cid} is not in the local store and no peer is connected to fetch it from",
+                code="input_unavailable",
+                hint="`mask put` it here first, or connect to a peer that has it",
+            )
+        try:
+            with trio.fail_after(REF_FETCH_TIMEOUT_S):
+                await self.storage.exchange.fetch_dag(cid, peers)
+        except trio.TooSlowError:
+            raise JobError(
+                f"fetching {cid} took over {REF_FETCH_TIMEOUT_S:.0f} s",
+                code="input_unavailable",
+                hint="is it pinned on a peer?",
+            ) from None
+        except MaskError as exc:
+            raise JobError(
+                f"cannot fetch {cid}: {exc.message}",
+                code="input_unavailable",
+                hint="`mask put` it on this node or on a connected peer first",
+            ) from None
+
+    async def _row(self, params: dict) -> JobRow:
+        job_id = params.get("job_id")
+        if not isinstance(job_id, str):
+            raise RpcError("params.job_id is required", rpc_code=-32602)
+        row = await self.store.find(job_id)
+        if row is None:
+            raise JobError(
+                f"no job {job_id}", code="job_not_found", hint="list jobs with `mask jobs`"
+            )
+        return row
+
+    async def list(self, params: dict) -> list:
+        rows = await self.store.jobs()
+        return [job_json(r) for r in sorted(rows, key=lambda r: r.created_at)]
+
+    async def get(self, params: dict) -> dict:
+        row = await self._row(params)
+        out = job_json(row)
+        out["transitions"] = [
+            {"from": str(t.from_state), "event": str(t.event), "to": str(t.to_state), "at": t.at}
+            for t in await self.store.transitions(row.job_id, role=row.role)
+        ]
+        return out
+
+    async def cancel(self, params: dict) -> dict:
+        row = await self._row(params)
+        if row.role != "requester":
+            raise JobError("only the requester can cancel a job", code="not_requester")
+        await self.requester.cancel(row.job_id)
+        return job_json(await self.store.get(row.job_id, role="requester"))
+
+    async def explain(self, params: dict) -> dict:
+        row = await self._row(params)
+        try:
+            return self.requester.core.explain(row.job_id, self.clock())
+        except MaskError:
+            if row.explanation:
+                return row.explanation
+            raise
+
+    async def result(self, params: dict) -> dict:
+        row = await self._row(params)
+        dest = params.get("dest")
+        if not isinstance(dest, str) or not os.path.isabs(dest):
+            raise RpcError("params.dest must be an absolute path", rpc_code=-32602)
+        if not row.output_cid or str(row.state) != "completed":
+            raise JobError(
+                f"job {row.job_id} has no result (state {row.state})",
+                code="no_result",
+                hint="wait for it: `mask job ID --follow`; `mask explain ID` says why it is not done",
+            )
+        if os.path.lexists(dest):
+            raise JobError(f"{dest} already exists", code="path_exists", hint="choose a new -o")
+        car = self._result_car(row)
+        await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, dest))
+        return {"job_id": row.job_id, "output_cid": row.output_cid, "dest": dest}
+
+    def _result_car(self, row: JobRow) -> Path:
+        car = self.private.result(row.output_cid)
+        if not car.exists():
+            raise JobError(
+                f"the result of job {row.job_id} is not stored here",
+                code="no_result",
+                hint="it is kept by the requester that fetched it",
+            )
+        return car
+
+    async def logs(self, params: dict) -> dict:
+        row = await self._row(params)
+        if not row.output_cid:
+            return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
+        car = self.private.result(row.output_cid)
+        if not car.exists():
+            return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-logs-", dir=self.dir))
+        try:
+            await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, tmp / "r"))
+
+            def read(name: str) -> str:
+                f = tmp / "r" / name
+                return f.read_text(errors="replace") if f.exists() else ""
+
+            return {
+                "job_id": row.job_id,
+                "stdout": read("stdout.log"),
+                "stderr": read("stderr.log"),
+                "available": True,
+            }
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,187 @@
+"""The provider's worker: a job's bundle in, a sandboxed wasm run, its result out.
+
+``WasmWorker`` is the ``Worker`` the provider service drives
+(scheduler.market): ``fetch_payload`` -> ``execute`` -> ``store_output``. It
+trusts nothing in the bundle: the bundle is fetched over ``/mask/job/1``,
+checked against ``spec_cid`` and unpacked under limits; a bundle already
+unpacked for the same requester and spec_cid is reused from the
+``BundleCache``. Each run has its own work dir (``/out``, logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from maskd.jobfiles import BundleCache
+from maskd.payloads import PayloadClient
+from maskd.retention import cache_key
+from protocol.errors import JobError, MaskError
+from protocol.market import UsageReport
+from scheduler import provider as pv
+from storage.carfile import export_car
+
+log = logging.getLogger("maskd.worker")
+
+
+class WasmWorker:
+    """Runs jobs with wasmtime; their bundles come through a :class:`BundleCache`.
+
+    A job whose requester sent the same spec_cid before runs on the bundle
+    already fetched, verified and unpacked for it (no /mask/job/1 round trip,
+    decrypt or export); otherwise it is fetched over /mask/job/1, decrypted,
+    checked against ``spec_cid`` and unpacked into the cache. Each run has its
+    own work dir (``/out``, logs); the cached ``in/`` is mounted read-only.
+    """
+
+    def __init__(self, payloads: PayloadClient, work_dir: Path, cache: BundleCache):
+        self.payloads = payloads
+        self.cache = cache
+        self._fetch_errors: dict[str, MaskError] = {}
+        self._bundles: dict[str, str] = {}  # job id -> the cache key it holds
+        self.work_dir = work_dir
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        from worker.wasm import WasmRuntime
+
+        self.runtime = WasmRuntime()
+
+    def _dir(self, job_id: str) -> Path:
+        return self.work_dir / job_id
+
+    async def fetch_payload(self, job_id: str, peer_id: str, spec_cid: str) -> None:
+        """Hold the job's bundle in the cache, fetching it on a miss. A failure is
+        kept for ``execute`` to report, so the attempt ends with a typed error
+        rather than an exception in the shell."""
+        self._fetch_errors.pop(job_id, None)
+        self._release(job_id)
+
+        async def fetch(dest: Path) -> None:
+            car = self.payloads.files.received_bundle(job_id)
+            try:
+                await self.payloads.fetch(peer_id, job_id, "bundle", spec_cid, car)
+                await trio.to_thread.run_sync(lambda: export_car(car, spec_cid, dest))
+            finally:
+                car.unlink(missing_ok=True)
+
+        key = cache_key(spec_cid, peer_id)
+        try:
+            await self.cache.acquire(key, fetch)
+            self._bundles[job_id] = key
+        except MaskError as exc:
+            log.warning("job %s: no bundle from %s: %s (%s)", job_id, peer_id, exc, exc.code)
+            self._fetch_errors[job_id] = exc
+        except OSError as exc:
+            log.warning("job %s: no bundle from %s: %s", job_id, peer_id, exc)
+            self._fetch_errors[job_id] = JobError(
+                f"cannot fetch the job bundle: {exc}", code="payload_unavailable"
+            )
+
+    def _release(self, job_id: str) -> None:
+        key = self._bundles.pop(job_id, None)
+        if key is not None:
+            self.cache.release(key)
+
+    async def execute(self, job_id: str, agreement: Any) -> pv.ExecutionOutcome:
+        failed = self._fetch_errors.pop(job_id, None)
+        if failed is not None:
+            self._release(job_id)
+            return pv.failed_outcome(
+                failed.code, f"the job bundle did not arrive: {failed.message}"
+            )
+        key = self._bundles.get(job_id)
+        if key is None:
+            return pv.failed_outcome("bad_bundle", "no job bundle was fetched for this run")
+        try:
+            outcome = await self._run(job_id, agreement, self.cache.path(key))
+        finally:
+            self._release(job_id)
+        if outcome.error_code == "bad_bundle":  # unreadable on disk: not for the next job
+            dropped = self.cache.drop_if_idle(key)
+            await self.cache.remove([dropped] if dropped else [])
+        return outcome
+
+    async def _run(self, job_id: str, agreement: Any, bundle: Path) -> pv.ExecutionOutcome:
+        from worker.wasm import CancelToken, WasmLimits, run_wasm
+
+        terms = agreement.terms
+        base = self._dir(job_id)
+        try:
+            job = json.loads((bundle / "job.json").read_text())
+            module = (bundle / "program.wasm").read_bytes()
+        except (OSError, ValueError) as exc:
+            return pv.failed_outcome("bad_bundle", f"the job bundle is unusable: {exc}")
+        out = base / "result" / "out"
+        if out.parent.exists():
+            shutil.rmtree(out.parent)
+        out.mkdir(parents=True)
+        in_dir = bundle / "in"
+        limits = WasmLimits(
+            memory_bytes=max(1, terms.memory_mb) << 20,
+            max_fuel=terms.max_fuel or None,
+            max_seconds=float(terms.max_seconds),
+        )
+        token = CancelToken()
+        try:
+            result = await trio.to_thread.run_sync(
+                lambda: run_wasm(
+                    module,
+                    list(job.get("args", [])),
+                    in_dir if in_dir.exists() else None,
+                    out,
+                    limits,
+                    token,
+                    logs_dir=base / "logs",
+                    runtime=self.runtime,
+                ),
+                abandon_on_cancel=True,
+            )
+        except trio.Cancelled:
+            token.cancel()  # the thread stops at its next epoch tick
+            raise
+        logs = base / "result"
+        for name, path in (("stdout.log", result.stdout_path), ("stderr.log", result.stderr_path)):
+            if path and Path(path).exists():
+                shutil.copyfile(path, logs / name)
+        u = result.usage
+        error_code = result.error.code if result.error else ""
+        error_message = result.error.message if result.error else ""
+        if not error_code and result.exit_code not in (0, None):
+            error_code = "nonzero_exit"
+            error_message = f"the program exited with code {result.exit_code} (see its stderr)"
+        return pv.ExecutionOutcome(
+            exit_code=result.exit_code,
+            usage=UsageReport(
+                fuel=u.fuel or 0,
+                wall_ms=int(u.wall_ms or 0),
+                peak_memory_bytes=u.peak_memory_bytes or 0,
+                output_bytes=u.output_bytes or 0,
+            ),
+            stdout_sha256=_sha256(result.stdout_path),
+            stderr_sha256=_sha256(result.stderr_path),
+            error_code=error_code,
+            error_message=error_message,
+        )
+
+    async def store_output(self, job_id: str) -> str:
+        """The result as a private CAR (served to the requester only); its root CID.
+
+        A run that never started (no bundle) stores an empty result. The work
+        dir goes once the CAR is in place: the CAR is the copy that is served."""
+        base = self._dir(job_id)
+        result = base / "result"
+        await trio.to_thread.run_sync(lambda: result.mkdir(parents=True, exist_ok=True))
+        cid = await self.payloads.files.add(result, "result")
+        await trio.to_thread.run_sync(shutil.rmtree, base, True)
+        return cid
+
+
+def _sha256(path) -> bytes:
+    if not path or not Path(path).exists():
+        return hashlib.sha256(b"").digest()
+    return hashlib.sha256(Path(path).read_bytes()).digest()
