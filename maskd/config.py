@@ -42,6 +42,7 @@ class NodeConfig(_Section):
 
 class IdentityConfig(_Section):
     passphrase_file: str = ""
+    allow_empty_passphrase: bool = False
     scrypt_n: int = 262144
 
 
@@ -298,7 +299,7 @@ def _check_meaning(cfg: Config) -> None:
         "p2p.outbound_queue": (cfg.p2p.outbound_queue, 32, 1 << 16),
         "rpc.max_line_bytes": (cfg.rpc.max_line_bytes, 1024, 64 << 20),
         "rpc.max_connections": (cfg.rpc.max_connections, 1, 4096),
-        "identity.scrypt_n": (cfg.identity.scrypt_n, 2, 1 << 22),
+        "identity.scrypt_n": (cfg.identity.scrypt_n, 1 << 14, 1 << 22),
         "offers.cpu": (cfg.offers.cpu, 0, 1 << 16),
         "offers.memory_mb": (cfg.offers.memory_mb, 0, 1 << 40),
         "offers.disk_mb": (cfg.offers.disk_mb, 0, 1 << 40),

@@ -165,19 +165,14 @@ def _fail(err: MaskError, code: int):
 
 
 def _run(cfg) -> int:
-    from maskd.identity import load_or_create, read_passphrase
+    from maskd.identity import load_node_identity
 
     data = cfg.data_path
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = DataDirLock(data)
     lock.acquire()
     try:
-        identity = load_or_create(
-            data,
-            passphrase=read_passphrase(cfg.identity.passphrase_file),
-            scrypt_n=cfg.identity.scrypt_n,
-            now=int(time.time()),
-        )
+        identity = load_node_identity(cfg, now=int(time.time()))
         import trio
 
         profile_dir = os.environ.get("MASK_PROFILE")

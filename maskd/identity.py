@@ -7,6 +7,15 @@ Files in the data dir, each mode 0600 and written atomically:
 - ``account.json``: the Ethereum account key, a keystore v3 JSON file (scrypt)
   that geth and MetaMask import.
 
+The keystore's KDF has a floor (scrypt N >= 2**14, r >= 8, p >= 1) when it is
+made and when it is loaded: a keystore found weaker than that (an imported
+"light" one, one made by an older maskd) is re-encrypted in place with the
+configured cost once the passphrase has opened it, and a warning is logged.
+Parameters past a ceiling (more than 4 GiB of scrypt memory, say) are refused
+before the KDF runs: a key file is not a reason to exhaust the machine. Whether
+an empty passphrase is acceptable is the node's policy (``load_node_identity``:
+devnets only), not this module's mechanism.
+
 The X25519 key that payloads are encrypted to is derived from the peer key's
 seed (HKDF), so it needs no file of its own and changes only with the peer id.
 """
@@ -14,10 +23,13 @@ seed (HKDF), so it needs no file of its own and changes only with the peer id.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,9 +41,25 @@ from protocol.identity import make_identity_record, peer_id_from_ed25519
 from protocol.messages import IdentityRecord
 from storage.crypto import x25519_from_seed as derive_x25519
 
+log = logging.getLogger("maskd.identity")
+
 PEER_KEY_FILE = "peer.key"
 ACCOUNT_FILE = "account.json"
 _PB_PREFIX = bytes([0x08, 0x01, 0x12, 0x40])  # Type=Ed25519, Data=<64 bytes>
+
+#: The weakest KDF a keystore may have. scrypt N = 2**14 with r = 8 is 16 MiB
+#: and ~50 ms per guess; geth's default (2**18) is 16 times that.
+SCRYPT_MIN_N = 1 << 14
+SCRYPT_MIN_R = 8
+SCRYPT_MIN_P = 1
+PBKDF2_MIN_C = 1 << 18  # geth's pbkdf2 default
+#: The costliest KDF we agree to run on a key file: past these the file is refused.
+SCRYPT_MAX_N = 1 << 22
+SCRYPT_MAX_R = 64
+SCRYPT_MAX_P = 16
+SCRYPT_MAX_MEMORY = 4 << 30  # 128 * N * r bytes
+SCRYPT_MAX_WORK = 1 << 26  # N * r * p: about 4 s of hashing at geth's defaults x16
+PBKDF2_MAX_C = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -66,7 +94,45 @@ def read_passphrase(passphrase_file: str, env: dict[str, str] | None = None) -> 
     return env.get("MASK_PASSPHRASE", "")
 
 
+def load_node_identity(cfg: Any, *, env: Mapping[str, str] | None = None, now: int) -> NodeIdentity:
+    """The daemon's keys, under the config's policy (``cfg`` is a ``maskd.config.Config``).
+
+    Outside a devnet (``identity.allow_empty_passphrase = false``, the default)
+    an empty passphrase is refused, for a new keystore and for an existing one:
+    a keystore anyone can open protects nothing.
+    """
+    passphrase = read_passphrase(cfg.identity.passphrase_file, env)
+    if not passphrase and not cfg.identity.allow_empty_passphrase:
+        raise IdentityError(
+            "no passphrase for the account keystore: without one, anyone who can read "
+            f"{cfg.data_path / ACCOUNT_FILE} has the account key",
+            hint=(
+                "set MASK_PASSPHRASE, or point identity.passphrase_file at a file (mode 0600) "
+                "whose first line is the passphrase; a throw-away devnet node may set "
+                "identity.allow_empty_passphrase = true instead"
+            ),
+            code="passphrase_required",
+        )
+    return load_or_create(
+        cfg.data_path, passphrase=passphrase, scrypt_n=cfg.identity.scrypt_n, now=now
+    )
+
+
 def load_or_create(data_dir: Path, *, passphrase: str, scrypt_n: int, now: int) -> NodeIdentity:
+    """Load the node's keys, or create them on first start.
+
+    ``scrypt_n`` is the cost of a new keystore (and of one re-encrypted because it
+    was weaker than the floor); below ``SCRYPT_MIN_N`` it is refused. The
+    passphrase is used as given: the caller decides whether an empty one is
+    acceptable (``load_node_identity``).
+    """
+    if not SCRYPT_MIN_N <= scrypt_n <= SCRYPT_MAX_N or scrypt_n & (scrypt_n - 1):
+        raise IdentityError(
+            f"scrypt N = {scrypt_n} is out of range for a keystore",
+            hint=f"use a power of two from {SCRYPT_MIN_N} to {SCRYPT_MAX_N} "
+            "(identity.scrypt_n; 262144 is geth's default)",
+            code="keystore_weak",
+        )
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = _load_or_create_peer_key(data_dir / PEER_KEY_FILE)
     account_key = _load_or_create_account(data_dir / ACCOUNT_FILE, passphrase, scrypt_n)
@@ -162,8 +228,9 @@ def _load_or_create_account(path: Path, passphrase: str, scrypt_n: int) -> bytes
             raise _corrupt(path, f"not JSON ({exc})") from None
         if not isinstance(keyfile, dict) or keyfile.get("version") != 3 or "crypto" not in keyfile:
             raise _corrupt(path, "not a keystore v3 file")
+        weak = _check_kdf(path, keyfile["crypto"])
         try:
-            return bytes(Account.decrypt(keyfile, passphrase))
+            key = bytes(Account.decrypt(keyfile, passphrase))
         except ValueError as exc:
             if "MAC mismatch" in str(exc):
                 raise IdentityError(
@@ -174,7 +241,72 @@ def _load_or_create_account(path: Path, passphrase: str, scrypt_n: int) -> bytes
             raise _corrupt(path, str(exc)) from None
         except Exception as exc:
             raise _corrupt(path, f"{type(exc).__name__}: {exc}") from None
+        if weak:
+            _write_keystore(path, key, passphrase, scrypt_n)
+            log.warning(
+                "the account keystore %s used a weak KDF (%s): re-encrypted it in place "
+                "with scrypt N=%d, r=%d, p=%d (same key, same address)",
+                path,
+                weak,
+                scrypt_n,
+                SCRYPT_MIN_R,
+                SCRYPT_MIN_P,
+            )
+        return key
     key = secrets.token_bytes(32)
+    _write_keystore(path, key, passphrase, scrypt_n)
+    return key
+
+
+def _write_keystore(path: Path, key: bytes, passphrase: str, scrypt_n: int) -> None:
     keyfile = Account.encrypt(key, passphrase, kdf="scrypt", iterations=scrypt_n)
     _write_private(path, json.dumps(keyfile).encode())
-    return key
+
+
+def _check_kdf(path: Path, crypto: Any) -> str:
+    """Refuse KDF parameters we will not run; describe them if below the floor, else ''."""
+
+    def refuse(why: str) -> IdentityError:
+        return IdentityError(
+            f"the account keystore {path} has KDF parameters this node will not run: {why}",
+            hint=(
+                "it was not made by maskd or geth; re-encrypt the key with standard "
+                "parameters (scrypt N=262144, r=8, p=1), or restore the file from a backup"
+            ),
+            code="keystore_params",
+        )
+
+    params = crypto.get("kdfparams") if isinstance(crypto, dict) else None
+    kdf = crypto.get("kdf") if isinstance(crypto, dict) else None
+    if not isinstance(params, dict):
+        raise refuse("no kdfparams")
+
+    def whole(name: str) -> int:
+        value = params.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise refuse(f"{name} = {value!r} is not a positive integer")
+        return value
+
+    if whole("dklen") != 32:  # the AES key and the MAC key, 16 bytes each
+        raise refuse(f"dklen = {params['dklen']} (32 expected)")
+    if kdf == "scrypt":
+        n, r, p = whole("n"), whole("r"), whole("p")
+        if n < 2 or n & (n - 1):
+            raise refuse(f"N = {n} is not a power of two")
+        if (
+            n > SCRYPT_MAX_N
+            or r > SCRYPT_MAX_R
+            or p > SCRYPT_MAX_P
+            or 128 * n * r > SCRYPT_MAX_MEMORY
+            or n * r * p > SCRYPT_MAX_WORK
+        ):
+            raise refuse(f"scrypt N={n}, r={r}, p={p} costs more than this node will spend")
+        if n < SCRYPT_MIN_N or r < SCRYPT_MIN_R or p < SCRYPT_MIN_P:
+            return f"scrypt N={n}, r={r}, p={p}"
+        return ""
+    if kdf == "pbkdf2":
+        c = whole("c")
+        if c > PBKDF2_MAX_C:
+            raise refuse(f"pbkdf2 c = {c} costs more than this node will spend")
+        return f"pbkdf2 c={c}" if c < PBKDF2_MIN_C else ""
+    raise refuse(f"unknown kdf {kdf!r} (scrypt or pbkdf2)")

@@ -8,7 +8,7 @@ from maskd.identity import ACCOUNT_FILE, PEER_KEY_FILE, load_or_create, read_pas
 from protocol.errors import IdentityError
 from protocol.identity import ed25519_from_peer_id, verify_identity_record
 
-N = 1024  # cheap scrypt for tests
+N = 16384  # the cheapest scrypt the keystore floor allows
 
 
 def test_first_start_creates_keys_0600_and_later_starts_reuse_them(tmp_path):
