@@ -77,7 +77,7 @@ class Jobs:
         self.mesh = mesh
         self.dir = cfg.data_path / "jobs"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.supervisor = Supervisor("jobs")
+        self.supervisor: Supervisor = node.supervisor
         self.store = JobStore(self.dir / "jobs.db")
         self.async_store = NotifyingStore(self.store, node.events.publish)
         keys = AccountKeys(ident.account_key)

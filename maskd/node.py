@@ -31,6 +31,7 @@ from protocol.blocks import BLOCKS_PROTOCOL
 from protocol.codec import encode
 from protocol.identity import sign_gossip
 from protocol.messages import BIDS_TOPIC, OFFERS_TOPIC, Gpu, OfferWithdrawal, Prices, ResourceOffer
+from protocol.supervisor import Supervisor
 from protocol.verdict import Outcome
 from scheduler.offer_book import OfferAdded, OfferBook, OfferEvent, OfferRemoved, OfferUpdated
 from storage.service import StorageService
@@ -86,6 +87,8 @@ class Node:
         self.rng = rng or random.Random()
         self.started_at = clock()
         self.events = EventBus()
+        # every background task of this node runs under it (protocol.supervisor)
+        self.supervisor = Supervisor("node", logger=log)
         self.book = OfferBook()
         self.validator = GossipValidator(
             ValidationLimits(max_message_bytes=config.p2p.max_message_bytes)
@@ -157,10 +160,11 @@ class Node:
             await nursery.start(self.mesh.run)
             await nursery.start(self.storage.run)
             await nursery.start(self.jobs.run)
-            nursery.start_soon(self._expiry_loop)
-            nursery.start_soon(self._known_peers_loop)
+            keep = self.supervisor.keep_running
+            nursery.start_soon(keep, "expiry_loop", self._expiry_loop)
+            nursery.start_soon(keep, "known_peers_loop", self._known_peers_loop)
             if self.sells:
-                nursery.start_soon(self._offer_loop)
+                nursery.start_soon(keep, "offer_loop", self._offer_loop)
             self._write_ready_file()
             self.ready.set()
             task_status.started(self)
@@ -393,6 +397,7 @@ class Node:
             "offers": len(self.book),
             "drops": drops,
             "accepted": self.validator.accepted,
+            "task_failures": dict(self.supervisor.failures),
             "mesh": {
                 "garbage_frames": st.garbage_frames,
                 "validator_errors": st.validator_errors,
