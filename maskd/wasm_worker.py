@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ from scheduler import provider as pv
 from storage.carfile import export_car
 
 log = logging.getLogger("maskd.worker")
+
+# runs of one job on this node: a job during which the node died this often
+# (a crash, an OOM kill) fails instead of taking the node down on every restart
+MAX_ATTEMPTS = 2
 
 
 class WasmWorker:
@@ -98,6 +103,13 @@ class WasmWorker:
         if key is None:
             return pv.failed_outcome("bad_bundle", "no job bundle was fetched for this run")
         try:
+            attempts = await trio.to_thread.run_sync(self._count_attempt, job_id)
+            if attempts > MAX_ATTEMPTS:
+                return pv.failed_outcome(
+                    "provider_crashed",
+                    f"this provider stopped {attempts - 1} times while running the job;"
+                    " it will not run it again",
+                )
             outcome = await self._run(job_id, agreement, self.cache.path(key))
         finally:
             self._release(job_id)
@@ -105,6 +117,27 @@ class WasmWorker:
             dropped = self.cache.drop_if_idle(key)
             await self.cache.remove([dropped] if dropped else [])
         return outcome
+
+    def _count_attempt(self, job_id: str) -> int:
+        """Record one more start of ``job_id`` here (on disk, before it runs); the count.
+
+        The work dir outlives a crash of the node and goes when the output is
+        stored, so a count above one means an earlier run of this job never
+        finished: the node died under it."""
+        base = self._dir(job_id)
+        base.mkdir(parents=True, exist_ok=True)
+        marker = base / "attempts"
+        try:
+            count = int(marker.read_text() or "0") + 1
+        except (OSError, ValueError):
+            count = 1
+        tmp = base / ".attempts.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(count))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+        return count
 
     async def _run(self, job_id: str, agreement: Any, bundle: Path) -> pv.ExecutionOutcome:
         from worker.wasm import CancelToken, WasmLimits, run_wasm

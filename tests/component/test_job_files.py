@@ -362,3 +362,20 @@ async def test_the_sweep_drops_an_idle_cached_bundle_but_not_one_a_run_holds(nod
     done = await sweeper(node).sweep()
     assert [(d.file.name, d.reason) for d in done] == [("idle", Reason.CACHE_IDLE)]
     assert sorted(p.name for p in node.files.cache_root.iterdir()) == ["held"]
+
+
+async def test_a_job_the_node_died_under_twice_fails_instead_of_running_again(node, worker):
+    """A job that takes the provider down (a crash, an OOM kill) must not do it on
+    every restart: the third start after two that never finished fails it."""
+    w, spec_cid = worker.worker, worker.spec_cid
+    for _ in range(2):  # two starts that never finished: the node died mid-run
+        w._count_attempt("job1")
+    await w.fetch_payload("job1", REQ, spec_cid)
+    outcome = await w.execute("job1", AGREEMENT)
+    assert outcome.error_code == "provider_crashed"
+    assert "2 times" in outcome.error_message
+    # a job whose earlier run ended normally is not affected
+    ok, _ = await run_job(w, "job2", spec_cid)
+    assert (ok.exit_code, ok.error_code) == (0, "")
+    again, _ = await run_job(w, "job2", spec_cid)  # its work dir went with its output
+    assert again.error_code == ""
