@@ -17,7 +17,13 @@ from pathlib import Path
 from protocol.errors import StorageError
 from storage import car
 from storage.cid import canonical, cid_to_bytes, encode_varint, verify_block
-from storage.exporter import export_to_path, iter_links
+from storage.exporter import (
+    DEFAULT_LIMITS,
+    ExportLimits,
+    export_to_path,
+    iter_links,
+    read_file_in_dag,
+)
 from storage.fsutil import fsync_dir
 from storage.unixfs import ImportResult, import_path
 
@@ -72,8 +78,9 @@ class _suppress:
 class CarFile:
     """Random access to the blocks of a CAR file: ``get(cid) -> bytes``."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, max_blocks: int | None = None) -> None:
         self.path = os.fspath(path)
+        self.max_blocks = max_blocks
         self._f = open(self.path, "rb")  # noqa: SIM115 - closed by close()/__exit__
         try:
             self.roots, self._index = self._scan()
@@ -85,7 +92,13 @@ class CarFile:
         counting = _Counting(self._f)
         roots, sections = car.read_car(counting)
         index: dict[str, tuple[int, int]] = {}
-        for cid, data in sections:
+        for count, (cid, data) in enumerate(sections, 1):
+            if self.max_blocks is not None and count > self.max_blocks:
+                raise StorageError(
+                    f"{self.path} holds more than {self.max_blocks:,} blocks",
+                    code="export_limit",
+                    hint="the CAR is larger than this export allows",
+                )
             index.setdefault(canonical(cid), (counting.pos - len(data), len(data)))
         return roots, index
 
@@ -155,7 +168,28 @@ def verify_car(path: str | os.PathLike, root: str) -> int:
         return len(seen)
 
 
-def export_car(path: str | os.PathLike, root: str, dest: str | os.PathLike) -> None:
-    """Write the UnixFS tree at ``root`` in the CAR at ``path`` to ``dest`` (re-hashed)."""
-    with CarFile(path) as cf:
-        export_to_path(root, cf.get, dest, verify=True)
+def export_car(
+    path: str | os.PathLike,
+    root: str,
+    dest: str | os.PathLike,
+    *,
+    limits: ExportLimits = DEFAULT_LIMITS,
+    symlinks: bool = False,
+) -> None:
+    """Write the UnixFS tree at ``root`` in the CAR at ``path`` to ``dest`` (re-hashed).
+
+    Bounded by ``limits`` (also the number of blocks the CAR may hold); see
+    ``export_to_path`` for the errors and the symlink policy.
+    """
+    with CarFile(path, max_blocks=limits.max_blocks) as cf:
+        export_to_path(root, cf.get, dest, verify=True, limits=limits, symlinks=symlinks)
+
+
+def read_file_at(
+    path: str | os.PathLike, root: str, name: str, *, max_bytes: int, tail: bool = False
+) -> tuple[bytes, bool]:
+    """``(data, truncated)``: at most ``max_bytes`` of the top-level file ``name`` of
+    the directory ``root`` in the CAR at ``path`` (its start, or its end with
+    ``tail``), re-hashed; nothing is written. See ``read_file_in_dag``."""
+    with CarFile(path, max_blocks=DEFAULT_LIMITS.max_blocks) as cf:
+        return read_file_in_dag(root, cf.get, name, max_bytes=max_bytes, tail=tail)
