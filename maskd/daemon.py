@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,43 @@ class DataDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def secure_data_dir(data: Path) -> None:
+    """Make everything this process writes its owner's only, starting with the data dir.
+
+    Sets the umask to 077 (files 0600, dirs 0700, whatever mode the code that
+    creates them asks for: sqlite, exported bundles, decrypted results), creates
+    the data dir 0700, and tightens an existing one that others can read. A data
+    dir owned by another user is refused: its owner could read or swap our keys.
+    """
+    os.umask(0o077)
+    try:
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise MaskError(
+            f"the data dir {data} exists and is not a directory",
+            hint="move the file away, or start with another --data-dir",
+            code="data_dir_invalid",
+        ) from None
+    except OSError as exc:
+        raise MaskError(
+            f"cannot create the data dir {data}: {exc.strerror}",
+            hint="check the permissions of its parent, or start with another --data-dir",
+            code="data_dir_invalid",
+        ) from None
+    st = data.stat()
+    if st.st_uid != os.geteuid():
+        raise MaskError(
+            f"the data dir {data} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.geteuid()})",
+            hint="run maskd as the user who owns it, `chown` it, or start with another --data-dir",
+            code="data_dir_not_ours",
+        )
+    old = stat.S_IMODE(st.st_mode)
+    if old != 0o700:
+        os.chmod(data, 0o700)
+        log.warning("data dir %s was mode %04o: tightened it to 0700", data, old)
 
 
 def _overrides(data_dir, listen, bootstrap, role, log_level, log_json) -> dict:
@@ -168,7 +206,7 @@ def _run(cfg) -> int:
     from maskd.identity import load_node_identity
 
     data = cfg.data_path
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secure_data_dir(data)  # before anything is created
     lock = DataDirLock(data)
     lock.acquire()
     try:

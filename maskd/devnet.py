@@ -65,7 +65,7 @@ class DevNode:
         return self.data_dir / "maskd.json"
 
     def start(self) -> DevNode:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)
         self.ready_file.unlink(missing_ok=True)
         cmd = [*self.prefix, sys.executable, "-m", "maskd.daemon", "--data-dir", str(self.data_dir)]
         if self.config is not None:
@@ -75,8 +75,8 @@ class DevNode:
         cmd += self.extra_args
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        out = open(self.data_dir / "maskd.out", "ab")
-        err = open(self.data_dir / "maskd.err", "ab")
+        out = _open_private_log(self.data_dir / "maskd.out")
+        err = _open_private_log(self.data_dir / "maskd.err")
         self.proc = subprocess.Popen(
             cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True
         )
@@ -170,6 +170,27 @@ class DevNode:
                 self.proc.wait(timeout=10)
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and any missing parents, each 0700 (whatever the umask).
+
+    Dirs that exist are left as they are: ``--dir`` may name a shared one; each
+    node's daemon tightens its own data dir at start.
+    """
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+
+
+def _open_private_log(path: Path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
     """Poll ``cond`` until true or the deadline: a wait on a condition, not a sleep."""
     deadline = time.monotonic() + timeout
@@ -202,6 +223,7 @@ def start_devnet(
 ) -> list[DevNode]:
     """Start ``n`` nodes bootstrapped to the first and wait for a full offer view."""
     config = config or devnet_config_path()
+    make_private_dir(root)
     nodes: list[DevNode] = []
     try:
         first = DevNode(
@@ -266,7 +288,10 @@ def write_state(root: Path, nodes: list[DevNode]) -> None:
         ]
     }
     tmp = root / "devnet.json.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state, indent=2))
     os.replace(tmp, root / "devnet.json")
 
 

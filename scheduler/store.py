@@ -21,7 +21,9 @@ and the limiter is what serialises access.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +179,7 @@ class RecordTransition:
 class JobStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
+        _make_private(self.path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -369,6 +372,25 @@ _COLUMNS = (
     "job_id, role, state, spec, agreement, provider_peer, provider_account, price, usage,"
     " output_cid, error, explanation, created_at, updated_at"
 )
+
+
+def _make_private(path: str) -> None:
+    """The database file exists with mode 0600 before sqlite opens it.
+
+    sqlite gives the ``-wal``, ``-shm`` and ``-journal`` files it creates the
+    main file's mode, whatever the umask, so those are 0600 too; files left
+    looser by an older version are tightened.
+    """
+    if path == ":memory:" or path.startswith("file:") or not path:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.close(fd)
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        try:
+            if stat.S_IMODE(os.stat(name).st_mode) & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _row(r: tuple) -> JobRow:
