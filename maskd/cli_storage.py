@@ -169,11 +169,19 @@ def _watch_progress(state: CliState, cid: str, progress: Progress, stop: threadi
     help="Where to write it (must not exist).",
 )
 @click.option("--pin", is_flag=True, help="Also pin it in the local store.")
+@click.option(
+    "--symlinks",
+    is_flag=True,
+    help="Write the DAG's symlinks too (only relative ones that stay inside -o;"
+    " without this flag a DAG holding a symlink is refused).",
+)
 @json_option
 @pass_state
-def get(state: CliState, cid: str, dest: str, pin: bool, as_json: bool) -> None:
+def get(state: CliState, cid: str, dest: str, pin: bool, symlinks: bool, as_json: bool) -> None:
     """Fetch a CID (from the local store or peers) and write it to -o PATH."""
     params = {"cid": cid, "dest": os.path.abspath(dest), "pin": pin}
+    if symlinks:
+        params["symlinks"] = True
     show = not as_json and sys.stderr.isatty()
     with state.connect() as client:
         if not show:

@@ -9,7 +9,9 @@ offer), so this package imports nothing of p2p or the scheduler.
 RPC methods (params and results are JSON objects; errors are StorageError):
 
 - ``v1.storage.put``   {path, encrypt_to?} -> {cid, size, blocks, encrypted_to}
-- ``v1.storage.get``   {cid, dest, peers?, pin?} -> {cid, dest, size, fetched_blocks, …}
+- ``v1.storage.get``   {cid, dest, peers?, pin?, symlinks?} -> {cid, dest, size, fetched_blocks, …}
+  (the export is bounded by ``exporter.DEFAULT_LIMITS``; a DAG's symlinks are
+  refused unless ``symlinks``, and then written only when they stay inside dest)
 - ``v1.storage.pin`` / ``v1.storage.unpin`` {cid}
 - ``v1.storage.gc``    {} -> {blocks, bytes}
 - ``v1.storage.stat``  {} -> {blocks, bytes, pinned_roots, quota_bytes, backend, exchange}
@@ -231,10 +233,15 @@ class StorageService:
     async def get(self, params: dict) -> dict:
         cid = _cid_param(params)
         dest = _abs_path(params, "dest")
+        symlinks = params.get("symlinks", False)
+        if not isinstance(symlinks, bool):
+            raise StorageError("symlinks must be true or false", code="invalid_params")
         if os.path.lexists(dest):
             raise StorageError(f"{dest} already exists", code="path_exists", hint="choose a new -o")
         if self.kubo is not None:
-            await self._blocking(export_to_path, cid, self.kubo.block_get, dest)
+            await self._blocking(
+                lambda: export_to_path(cid, self.kubo.block_get, dest, symlinks=symlinks)
+            )
             return {"cid": cid, "dest": dest, "size": _path_size(dest), "fetched_blocks": 0}
         peers = params.get("peers") or [p for p in self.connected_peers() if p != self.peer_id]
         last = [0.0]
@@ -266,7 +273,9 @@ class StorageService:
                     "bytes_done": result.bytes,
                 }
             )
-            await self._blocking(lambda: export_to_path(cid, self.store.get, dest, verify=False))
+            await self._blocking(
+                lambda: export_to_path(cid, self.store.get, dest, verify=False, symlinks=symlinks)
+            )
         finally:
             lease.__exit__(None, None, None)
         return {
