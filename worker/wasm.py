@@ -25,8 +25,16 @@ Isolation and metering come from wasmtime (measured facts in
 Synchronous and blocking: the daemon calls :func:`run_wasm` in
 ``trio.to_thread.run_sync``; wasmtime releases the GIL while wasm runs.
 
-Known gap: the epoch is only checked in wasm code, so a job blocked inside a
-WASI host call (``poll_oneoff`` sleeping) is stopped only when the call returns.
+The epoch is only checked in wasm code, so every WASI call that can wait
+must end when the run is stopped. Only one can: ``poll_oneoff`` sleeping on a
+clock, which is shadowed by one that waits on the run's stop event
+(``worker.wasi_poll``). Reads and writes reach only regular files and an empty
+stdin, which never block; ``/in`` must not hold FIFOs or devices (opening one
+would block in native code), which ``worker.bundle.load_bundle`` checks.
+
+Give runs their own thread limiter (:func:`execution_limiter`), never trio's
+default one: a run holds its thread until it ends, also after the trio task
+that started it was cancelled.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import wasmtime
 
@@ -50,6 +59,10 @@ from worker.results import (
     tree_size,
     truncate_log,
 )
+from worker.wasi_poll import define_poll_oneoff
+
+if TYPE_CHECKING:
+    import trio
 
 __all__ = [
     "CancelToken",
@@ -60,6 +73,7 @@ __all__ = [
     "Usage",
     "WasmLimits",
     "WasmRuntime",
+    "execution_limiter",
     "run_wasm",
 ]
 
@@ -100,7 +114,7 @@ class RuntimeStatistics:
 
 
 class _Run:
-    """One running job as the watchdog and the cancel token see it."""
+    """One running job as the watchdog, the cancel token and its host calls see it."""
 
     def __init__(
         self,
@@ -114,14 +128,33 @@ class _Run:
         self.limits = limits
         self.stdout, self.stderr, self.out_dir = paths
         self.reason: ExecErrorCode | None = None
+        self.guest_epoch_ns = time.monotonic_ns()  # set again once the store's WASI is built
+        self._stopped = threading.Event()
         self._lock = threading.Lock()
 
     def stop(self, reason: ExecErrorCode) -> None:
-        """Record why (first reason wins) and interrupt: the store's deadline is one tick."""
+        """Record why (first reason wins) and interrupt: the store's deadline is
+        one tick, and a host call waiting in :meth:`sleep_until` returns."""
         with self._lock:
             if self.reason is None:
                 self.reason = reason
                 self.engine.increment_epoch()
+                self._stopped.set()
+
+    def sleep_until(self, until_ns: int) -> bool:
+        """Wait for the host's monotonic clock to reach ``until_ns``; False as
+        soon as the run is stopped. Reaching the wall deadline stops the run
+        here, without waiting for the watchdog's tick."""
+        while not self._stopped.is_set():
+            now_ns = time.monotonic_ns()
+            if now_ns >= self.deadline * 1e9:
+                self.stop(ExecErrorCode.TIMEOUT)
+                break
+            if now_ns >= until_ns:
+                return True
+            left = min((until_ns - now_ns) / 1e9, self.deadline - now_ns / 1e9)
+            self._stopped.wait(min(left, 1.0))  # bounded: no overflow for a year-long sleep
+        return False
 
     def over_quota(self) -> bool:
         hard_log = self.limits.max_log_bytes * _LOG_HARD_FACTOR
@@ -336,10 +369,6 @@ class WasmRuntime:
         if in_dir is not None:
             wasi.preopen_dir(str(Path(in_dir)), "/in", fs_mutable=False)
         wasi.preopen_dir(str(state.out), "/out", fs_mutable=True)
-        store.set_wasi(wasi)
-        linker = wasmtime.Linker(engine)
-        linker.define_wasi()
-
         # Wall time counts from here: compiling is the provider's cost, not the job's.
         state.start = time.monotonic()
         run = _Run(
@@ -348,6 +377,11 @@ class WasmRuntime:
             limits,
             (state.stdout, state.stderr, state.out),
         )
+        store.set_wasi(wasi)
+        run.guest_epoch_ns = time.monotonic_ns()  # the job's monotonic clock starts in set_wasi
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        define_poll_oneoff(linker, run.sleep_until, lambda: run.guest_epoch_ns)
         if not token._attach(run):
             return state.result(
                 None, exec_error(ExecErrorCode.CANCELLED, "cancelled before it started")
@@ -376,6 +410,8 @@ class WasmRuntime:
             self._watchdog.remove(run)
             state.fuel = fuel - store.get_fuel()
             state.peak_memory = _memory_size(instance, store) if instance is not None else 0
+        if run.reason is not None:  # however it ended, it was stopped first
+            return state.finished(None, None, run.reason, fuel)
         if cannot_start is not None:
             return state.instantiate_failed(cannot_start)
         if instance is not None and exit_code is None and trap is None:
@@ -383,6 +419,19 @@ class WasmRuntime:
                 None, exec_error(ExecErrorCode.INVALID_MODULE, "module has no _start function")
             )
         return state.finished(exit_code, trap, run.reason, fuel)
+
+
+def execution_limiter(slots: int) -> trio.CapacityLimiter:
+    """A thread limiter for runs alone: pass it as ``limiter=`` to
+    ``trio.to_thread.run_sync(run_wasm, ...)``. A run keeps its token until it
+    really ends, also when the task was cancelled and abandoned the thread, so
+    runs must not share trio's default limiter with the daemon's other work.
+    ``slots`` is how many jobs may run at once."""
+    import trio
+
+    if slots < 1:
+        raise ValueError("slots must be >= 1")
+    return trio.CapacityLimiter(slots)
 
 
 _DEFAULT_RUNTIME: WasmRuntime | None = None
@@ -472,6 +521,8 @@ class _Outcome:
         fuel: int,
     ) -> ExecResult:
         limit = self.limits.memory_bytes
+        if stop is not None:
+            return self.result(None, exec_error(stop, self._stopped_message(stop)))
         if trap is not None:
             code = trap.trap_code
             if code == wasmtime.TrapCode.OUT_OF_FUEL:
@@ -479,13 +530,8 @@ class _Outcome:
                     None, exec_error(ExecErrorCode.OUT_OF_FUEL, f"ran out of fuel ({fuel} units)")
                 )
             if code == wasmtime.TrapCode.INTERRUPT:
-                reason = stop or ExecErrorCode.TIMEOUT
-                message = {
-                    ExecErrorCode.TIMEOUT: f"stopped at the wall-clock limit of {self.limits.max_seconds:g} s",
-                    ExecErrorCode.CANCELLED: "cancelled while running",
-                    ExecErrorCode.OUTPUT_TOO_LARGE: "stopped: it wrote more than its output caps allow",
-                }.get(reason, f"stopped: {reason.value}")
-                return self.result(None, exec_error(reason, message))
+                reason = ExecErrorCode.TIMEOUT
+                return self.result(None, exec_error(reason, self._stopped_message(reason)))
             if _near_limit(self.peak_memory, limit):
                 return self.result(
                     None,
@@ -504,6 +550,13 @@ class _Outcome:
                 ),
             )
         return self.result(exit_code, None)
+
+    def _stopped_message(self, reason: ExecErrorCode) -> str:
+        return {
+            ExecErrorCode.TIMEOUT: f"stopped at the wall-clock limit of {self.limits.max_seconds:g} s",
+            ExecErrorCode.CANCELLED: "cancelled while running",
+            ExecErrorCode.OUTPUT_TOO_LARGE: "stopped: it wrote more than its output caps allow",
+        }.get(reason, f"stopped: {reason.value}")
 
 
 def _near_limit(peak: int, limit: int) -> bool:
