@@ -120,26 +120,29 @@ class Jobs:
         if node.sells:
             cap = node.initial_capacity()
             prices = cfg.offers.prices
-            self.provider = ProviderService(
-                ProviderCore(
-                    ProviderConfig(
-                        peer_id=ident.peer_id,
-                        identity=ident.record,
-                        cpu=cap.cpu,
-                        memory_mb=cap.memory_mb,
-                        gpu=len(cap.gpus),
-                        executors=frozenset(cfg.offers.executors),
-                        prices=UnitPrices(
-                            cpu_core_hour=int(prices.cpu_core_hour),
-                            memory_gb_hour=int(prices.memory_gb_hour),
-                            gpu_hour=int(prices.gpu_hour),
-                        ),
-                    ),
-                    keys,
+            provider_config = ProviderConfig(
+                peer_id=ident.peer_id,
+                identity=ident.record,
+                cpu=cap.cpu,
+                memory_mb=cap.memory_mb,
+                gpu=len(cap.gpus),
+                executors=frozenset(cfg.offers.executors),
+                prices=UnitPrices(
+                    cpu_core_hour=int(prices.cpu_core_hour),
+                    memory_gb_hour=int(prices.memory_gb_hour),
+                    gpu_hour=int(prices.gpu_hour),
                 ),
+            )
+            self.provider = ProviderService(
+                ProviderCore(provider_config, keys),
                 store=self.async_store,
                 transport=transport,
-                worker=WasmWorker(self.payloads, self.dir / "work", self.cache),
+                worker=WasmWorker(
+                    self.payloads,
+                    self.dir / "work",
+                    self.cache,
+                    max_concurrent_runs=provider_config.max_concurrent_jobs,
+                ),
                 clock=clock,
                 supervisor=self.supervisor,
             )

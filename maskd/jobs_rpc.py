@@ -22,15 +22,27 @@ import msgspec
 import trio
 
 from maskd.jobfiles import PrivateFiles
-from protocol.errors import JobError, MaskError, RpcError
+from protocol.errors import JobError, MaskError, RpcError, StorageError
 from scheduler.async_store import ThreadedStore
 from scheduler.market import RequesterService
 from scheduler.spec import JobSpec, load_spec
 from scheduler.store import JobRow
-from storage.carfile import export_car
-from storage.exporter import export_to_path
+from storage.carfile import export_car, read_file_at
+from storage.exporter import ExportLimits, export_to_path
+from worker.wasm import WasmLimits
 
 REF_FETCH_TIMEOUT_S = 120.0
+
+_RUN = WasmLimits()
+# A result is what a provider's sandbox may write: /out under its caps plus
+# the two logs and the root. Unpacking a result never goes past that, whatever
+# sizes its DAG declares (a decompression bomb fails before it is written).
+RESULT_LIMITS = ExportLimits(
+    max_bytes=_RUN.max_output_bytes + 2 * _RUN.max_log_bytes,
+    max_entries=getattr(_RUN, "max_output_entries", 10_000) + 4,
+    max_depth=getattr(_RUN, "max_output_depth", 32) + 1,
+)
+LOG_READ_BYTES = _RUN.max_log_bytes  # a provider keeps at most this much of each log
 
 
 def job_json(row: JobRow) -> dict[str, Any]:
@@ -241,7 +253,10 @@ class JobsRpc:
         if os.path.lexists(dest):
             raise JobError(f"{dest} already exists", code="path_exists", hint="choose a new -o")
         car = self._result_car(row)
-        await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, dest))
+        # a provider's DAG: no links, and no more than any provider may write
+        await trio.to_thread.run_sync(
+            lambda: export_car(car, row.output_cid, dest, limits=RESULT_LIMITS)
+        )
         return {"job_id": row.job_id, "output_cid": row.output_cid, "dest": dest}
 
     def _result_car(self, row: JobRow) -> Path:
@@ -255,25 +270,29 @@ class JobsRpc:
         return car
 
     async def logs(self, params: dict) -> dict:
+        """The job's stdout and stderr, read out of the result CAR as two bounded
+        regular files: nothing is unpacked, links and directories are refused."""
         row = await self._row(params)
+        none = {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
         if not row.output_cid:
-            return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
+            return none
         car = self.private.result(row.output_cid)
         if not car.exists():
-            return {"job_id": row.job_id, "stdout": "", "stderr": "", "available": False}
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-logs-", dir=self.dir))
-        try:
-            await trio.to_thread.run_sync(lambda: export_car(car, row.output_cid, tmp / "r"))
+            return none
+        out: dict[str, Any] = {"job_id": row.job_id, "available": True, "truncated": []}
 
-            def read(name: str) -> str:
-                f = tmp / "r" / name
-                return f.read_text(errors="replace") if f.exists() else ""
+        def read(name: str) -> str:
+            try:
+                data, cut = read_file_at(car, row.output_cid, name, max_bytes=LOG_READ_BYTES)
+            except StorageError as exc:
+                if exc.code == "entry_not_found":
+                    return ""
+                out.setdefault("problems", []).append(f"{name}: {exc.message}")
+                return ""
+            if cut:
+                out["truncated"].append(name)
+            return data.decode(errors="replace")
 
-            return {
-                "job_id": row.job_id,
-                "stdout": read("stdout.log"),
-                "stderr": read("stderr.log"),
-                "available": True,
-            }
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        out["stdout"] = await trio.to_thread.run_sync(read, "stdout.log")
+        out["stderr"] = await trio.to_thread.run_sync(read, "stderr.log")
+        return out

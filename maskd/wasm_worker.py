@@ -27,12 +27,17 @@ from protocol.errors import JobError, MaskError
 from protocol.market import UsageReport
 from scheduler import provider as pv
 from storage.carfile import export_car
+from storage.exporter import ExportLimits
 
 log = logging.getLogger("maskd.worker")
 
 # runs of one job on this node: a job during which the node died this often
 # (a crash, an OOM kill) fails instead of taking the node down on every restart
 MAX_ATTEMPTS = 2
+
+# A requester's bundle is unpacked under these, whatever its DAG declares: no
+# links, devices or escaping names (storage.exporter), and no decompression bomb.
+BUNDLE_LIMITS = ExportLimits(max_bytes=4 << 30, max_entries=100_000, max_depth=32)
 
 
 class WasmWorker:
@@ -45,16 +50,26 @@ class WasmWorker:
     own work dir (``/out``, logs); the cached ``in/`` is mounted read-only.
     """
 
-    def __init__(self, payloads: PayloadClient, work_dir: Path, cache: BundleCache):
+    def __init__(
+        self,
+        payloads: PayloadClient,
+        work_dir: Path,
+        cache: BundleCache,
+        *,
+        max_concurrent_runs: int = 8,
+    ):
         self.payloads = payloads
         self.cache = cache
         self._fetch_errors: dict[str, MaskError] = {}
         self._bundles: dict[str, str] = {}  # job id -> the cache key it holds
         self.work_dir = work_dir
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        from worker.wasm import WasmRuntime
+        from worker.wasm import WasmRuntime, execution_limiter
 
         self.runtime = WasmRuntime()
+        # runs hold their own thread tokens (also while an abandoned run winds
+        # down), never trio's default limiter that the rest of the daemon uses
+        self.limiter = execution_limiter(max_concurrent_runs)
 
     def _dir(self, job_id: str) -> Path:
         return self.work_dir / job_id
@@ -70,7 +85,9 @@ class WasmWorker:
             car = self.payloads.files.received_bundle(job_id)
             try:
                 await self.payloads.fetch(peer_id, job_id, "bundle", spec_cid, car)
-                await trio.to_thread.run_sync(lambda: export_car(car, spec_cid, dest))
+                await trio.to_thread.run_sync(
+                    lambda: export_car(car, spec_cid, dest, limits=BUNDLE_LIMITS)
+                )
             finally:
                 car.unlink(missing_ok=True)
 
@@ -173,6 +190,7 @@ class WasmWorker:
                     runtime=self.runtime,
                 ),
                 abandon_on_cancel=True,
+                limiter=self.limiter,
             )
         except trio.Cancelled:
             token.cancel()  # the thread stops at its next epoch tick

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from maskd.devnet import DevNode, devnet_config_path, start_devnet
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Cluster:
@@ -24,13 +27,30 @@ class Cluster:
         self.nodes.extend(nodes)
         return nodes
 
-    def node(self, name: str, *, bootstrap=(), extra_args=(), env=None, start=True) -> DevNode:
+    def node(
+        self,
+        name: str,
+        *,
+        bootstrap=(),
+        extra_args=(),
+        env=None,
+        start=True,
+        behaviour: str | None = None,
+    ) -> DevNode:
+        """A maskd; with ``behaviour``, one function of it swapped to misbehave
+        (tests/hostile/behaviours.py)."""
+        prefix: list[str] = []
+        env = dict(env or {})
+        if behaviour is not None:
+            prefix = [sys.executable, "-m", "tests.hostile.launch", behaviour, "--"]
+            env["PYTHONPATH"] = str(ROOT)
         node = DevNode(
             self.root / name,
             config=devnet_config_path(),
             bootstrap=list(bootstrap),
             extra_args=list(extra_args),
-            env=env or {},
+            env=env,
+            prefix=prefix,
         )
         self.nodes.append(node)
         if start:

@@ -1,0 +1,166 @@
+"""Misbehaviours, each one function of the real daemon swapped for a hostile one.
+
+A behaviour is applied by ``tests.hostile.launch`` before the daemon starts.
+Hostile requesters change the job bundle they serve (what a stranger's
+bundle can hold); hostile providers change the result they store and serve
+(what a stranger's result can hold). The rest of the node is unmodified.
+``HOSTILE_TARGET`` (environment) names a file on the victim's machine that
+an attack tries to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.dagbuild import Dag
+
+BEHAVIOURS: dict[str, Callable[[], None]] = {}
+
+
+def behaviour(fn: Callable[[], None]) -> Callable[[], None]:
+    BEHAVIOURS[fn.__name__] = fn
+    return fn
+
+
+# ------------------------------------------------------------ requesters
+
+
+def _bundle_mutation(mutate: Callable[[Path], None]) -> None:
+    """Swap JobsRpc._bundle: build the honest bundle dir, then ``mutate`` it."""
+    from maskd.jobs_rpc import JobsRpc
+
+    honest = JobsRpc._bundle
+
+    async def hostile(self, spec):
+        tmp = await honest(self, spec)
+        mutate(tmp)
+        return tmp
+
+    JobsRpc._bundle = hostile
+
+
+@behaviour
+def requester_in_links_to_root() -> None:
+    """`in` is a symlink out of the bundle: the provider's data dir, keys included."""
+
+    def mutate(tmp: Path) -> None:
+        shutil.rmtree(tmp / "in")
+        os.symlink("../../../../../../../../..", tmp / "in")
+
+    _bundle_mutation(mutate)
+
+
+@behaviour
+def requester_job_json_is_a_list() -> None:
+    _bundle_mutation(lambda tmp: (tmp / "job.json").write_text("[]"))
+
+
+@behaviour
+def requester_program_is_dev_zero() -> None:
+    def mutate(tmp: Path) -> None:
+        (tmp / "program.wasm").unlink()
+        os.symlink("/dev/zero", tmp / "program.wasm")
+
+    _bundle_mutation(mutate)
+
+
+# ------------------------------------------------------------- providers
+
+
+def _result_mutation(build: Callable[[object, str, Path], str | None]) -> None:
+    """Swap WasmWorker.store_output: ``build(worker, job_id, result_dir)`` may edit the
+    result dir before the honest import, or return the CID of a result it stored itself."""
+    from maskd.wasm_worker import WasmWorker
+
+    honest = WasmWorker.store_output
+
+    async def hostile(self, job_id: str) -> str:
+        result = self._dir(job_id) / "result"
+        result.mkdir(parents=True, exist_ok=True)
+        cid = build(self, job_id, result)
+        if cid is not None:
+            return cid
+        return await honest(self, job_id)
+
+    WasmWorker.store_output = hostile
+
+
+@behaviour
+def provider_links_logs_to_a_requester_file() -> None:
+    """stdout.log -> a file on the requester's machine; out/evil -> /etc/passwd."""
+
+    def build(worker, job_id: str, result: Path) -> None:
+        target = os.environ["HOSTILE_TARGET"]
+        (result / "stdout.log").unlink(missing_ok=True)
+        os.symlink(target, result / "stdout.log")
+        (result / "out").mkdir(exist_ok=True)
+        os.symlink("/etc/passwd", result / "out" / "evil")
+
+    _result_mutation(build)
+
+
+def _store_dag(worker, dag: Dag, root: str) -> str:
+    dag.write_car(worker.payloads.files.result(root), root)
+    return root
+
+
+@behaviour
+def provider_result_declares_381_tib() -> None:
+    """A ~1 MB result whose out/big declares hundreds of TiB (one leaf, linked over and over)."""
+
+    def build(worker, job_id: str, result: Path) -> str:
+        dag = Dag()
+        leaf = dag.raw(b"\0" * 262144)
+        level = dag.file([leaf] * 1000, [262144] * 1000)
+        size = 262144 * 1000
+        for _ in range(2):
+            level = dag.file([level] * 1000, [size] * 1000)
+            size *= 1000
+        empty = dag.raw(b"")
+        out = dag.dir([(b"big", level)])
+        root = dag.dir([(b"out", out), (b"stdout.log", empty), (b"stderr.log", empty)])
+        return _store_dag(worker, dag, root)
+
+    _result_mutation(build)
+
+
+@behaviour
+def provider_result_declares_a_billion_files() -> None:
+    def build(worker, job_id: str, result: Path) -> str:
+        dag = Dag()
+        empty = dag.raw(b"")
+        level = dag.dir([(b"f%04d" % i, empty) for i in range(1000)])
+        for _ in range(2):
+            level = dag.dir([(b"d%04d" % i, level) for i in range(1000)])
+        root = dag.dir([(b"out", level), (b"stdout.log", empty), (b"stderr.log", empty)])
+        return _store_dag(worker, dag, root)
+
+    _result_mutation(build)
+
+
+# ------------------------------------------------------------ node tasks
+
+
+@behaviour
+def offer_loop_fails_once() -> None:
+    """The node's own offer loop raises once (a bug, a disk error): the supervisor restarts it."""
+    from maskd.node import Node
+
+    honest = Node._offer_loop
+    state = {"failed": False}
+
+    async def flaky(self):
+        if not state["failed"]:
+            state["failed"] = True
+            raise RuntimeError("injected failure in the offer loop")
+        await honest(self)
+
+    Node._offer_loop = flaky
+
+
+def describe() -> str:
+    return json.dumps(sorted(BEHAVIOURS))

@@ -1,0 +1,160 @@
+"""The hostile harness: real daemons, one of them with one function swapped.
+
+Each test starts a victim and a stranger that misbehaves in one way
+(tests/hostile/behaviours.py), checks that the attack fails with a reason
+the victim's user can read and that nothing leaked or was written where it
+must not be, and then checks that the victim still serves honest work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from maskd.devnet import DevNode, offers_seen, wait_until
+from tests.integration.test_jobs import HELLO, job_toml, submit, wait_done
+
+REQUESTER = ["--role", "requester"]
+PROVIDER = ["--role", "provider"]
+
+
+def hello(tmp: Path, name: str = "hello") -> Path:
+    return job_toml(tmp, name, HELLO / "hello.wasm", args=["10"], inputs=[HELLO / "data"])
+
+
+def linked(a: DevNode, b: DevNode, timeout: float = 30) -> None:
+    """``a`` sees ``b``'s offer (``b`` sells)."""
+    wait_until(lambda: b.peer_id in offers_seen(a), timeout, f"{a.peer_id} to see {b.peer_id}")
+
+
+def run_one(requester: DevNode, spec: Path, timeout: float = 90) -> dict:
+    job_id = submit(requester, spec)
+    return wait_done(requester, [job_id], timeout)[job_id]
+
+
+def secrets_of(node: DevNode) -> list[bytes]:
+    return [p.read_bytes() for p in (node.data_dir / "peer.key",) if p.exists()]
+
+
+def tree_bytes(root: Path) -> bytes:
+    out = b""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            if not p.is_symlink():
+                out += p.read_bytes()
+    return out
+
+
+def honest_job_still_runs(cluster, provider: DevNode, tmp: Path) -> None:
+    honest = cluster.node("honest", bootstrap=[provider.addrs[0]], extra_args=REQUESTER)
+    linked(honest, provider)
+    row = run_one(honest, hello(tmp, "after"))
+    assert row["state"] == "completed", row["error"]
+    assert row["provider"] == provider.peer_id
+
+
+# ------------------------------------------------------- hostile requesters
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    ["requester_in_links_to_root", "requester_job_json_is_a_list", "requester_program_is_dev_zero"],
+)
+def test_a_hostile_bundle_fails_its_job_and_the_provider_keeps_serving(
+    cluster, tmp_path, behaviour
+):
+    provider = cluster.node("provider", extra_args=PROVIDER)
+    attacker = cluster.node(
+        "attacker", bootstrap=[provider.addrs[0]], extra_args=REQUESTER, behaviour=behaviour
+    )
+    linked(attacker, provider)
+    row = run_one(attacker, hello(tmp_path))
+    assert row["state"] == "failed", row
+    assert row["error"]["code"] in {"bad_bundle", "payload_unavailable", "unsafe_entry"}, row
+    assert provider.alive(), provider.stderr_tail()
+    # nothing of the provider's reached the attacker: no result, no keys in it
+    result = tmp_path / "stolen"
+    try:
+        attacker.call("v1.jobs.result", {"job_id": row["job_id"], "dest": str(result)})
+    except Exception:
+        pass
+    if result.exists():
+        loot = tree_bytes(result)
+        assert not any(secret in loot for secret in secrets_of(provider))
+    # the provider stays up, says why, and its next job (from an honest peer) runs
+    failures = provider.call("v1.node.info")["task_failures"]
+    assert not failures, failures  # a typed job failure, not a crashed task
+    provider.stop()
+    provider.start().wait_ready()  # and the job does not crash it on resume either
+    honest_job_still_runs(cluster, provider, tmp_path)
+
+
+# -------------------------------------------------------- hostile providers
+
+
+def test_a_result_with_links_shows_no_file_of_the_requester(cluster, tmp_path):
+    requester = cluster.node("requester", extra_args=REQUESTER)
+    secret = requester.data_dir / "peer.key"
+    attacker = cluster.node(
+        "attacker",
+        bootstrap=[requester.addrs[0]],
+        extra_args=PROVIDER,
+        behaviour="provider_links_logs_to_a_requester_file",
+        env={"HOSTILE_TARGET": str(secret)},
+    )
+    linked(requester, attacker)
+    row = run_one(requester, hello(tmp_path))
+    logs = requester.call("v1.jobs.logs", {"job_id": row["job_id"]})
+    stolen = secret.read_bytes()
+    assert stolen.hex() not in str(logs) and stolen.decode("latin-1") not in logs["stdout"]
+    dest = tmp_path / "result"
+    try:
+        requester.call("v1.jobs.result", {"job_id": row["job_id"], "dest": str(dest)})
+    except Exception as exc:
+        assert "link" in str(exc) or "unsafe" in str(exc), exc
+    if dest.exists():
+        assert not any(Path(d, f).is_symlink() for d, _, fs in os.walk(dest) for f in fs)
+    assert requester.alive(), requester.stderr_tail()
+
+
+@pytest.mark.parametrize(
+    "behaviour", ["provider_result_declares_381_tib", "provider_result_declares_a_billion_files"]
+)
+def test_a_result_bomb_is_refused_before_it_fills_the_disk(cluster, tmp_path, behaviour):
+    requester = cluster.node("requester", extra_args=REQUESTER)
+    attacker = cluster.node(
+        "attacker", bootstrap=[requester.addrs[0]], extra_args=PROVIDER, behaviour=behaviour
+    )
+    linked(requester, attacker)
+    row = run_one(requester, hello(tmp_path))
+    dest = tmp_path / "result"
+    with pytest.raises(Exception) as refused:
+        requester.call("v1.jobs.result", {"job_id": row["job_id"], "dest": str(dest)}, timeout=60)
+    assert "needs more than" in str(refused.value), refused.value  # the limit, named
+    # whatever was written before the refusal is small
+    written = sum(
+        os.lstat(os.path.join(d, f)).st_blocks * 512 for d, _, fs in os.walk(dest) for f in fs
+    )
+    assert written < 256 << 20
+    # logs come out of the result without unpacking it
+    logs = requester.call("v1.jobs.logs", {"job_id": row["job_id"]}, timeout=30)
+    assert logs["job_id"] == row["job_id"]
+    assert requester.alive(), requester.stderr_tail()
+
+
+# ---------------------------------------------------------- node tasks
+
+
+def test_a_failing_node_task_is_restarted_and_the_node_keeps_offering(cluster, tmp_path):
+    node = cluster.node("flaky", behaviour="offer_loop_fails_once")
+    wait_until(
+        lambda: node.call("v1.node.info")["task_failures"].get("offer_loop") == 1,
+        30,
+        "the offer loop's failure to be counted",
+    )
+    other = cluster.node("other", bootstrap=[node.addrs[0]], extra_args=REQUESTER)
+    linked(other, node)  # the restarted loop published the offer
+    assert node.alive()
