@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -55,8 +56,10 @@ from worker.results import (
     ExecErrorCode,
     ExecResult,
     Usage,
+    check_output,
     exec_error,
-    tree_size,
+    output_error,
+    scan_tree,
     truncate_log,
 )
 from worker.wasi_poll import define_poll_oneoff
@@ -73,13 +76,14 @@ __all__ = [
     "Usage",
     "WasmLimits",
     "WasmRuntime",
+    "check_output",
     "execution_limiter",
     "run_wasm",
 ]
 
 _PAGE = 65536
 _TICK_SECONDS = 0.010
-_GUARD_EVERY_TICKS = 10  # check output sizes every ~100 ms while a job runs
+_GUARD_INTERVAL_S = 0.1  # check a running job's outputs at most every ~100 ms
 _LOG_HARD_FACTOR = 16  # stop a job whose log grows past 16x the cap (disk guard)
 _UNLIMITED_FUEL = 2**63 - 1
 
@@ -91,7 +95,9 @@ class WasmLimits:
     memory_bytes: int = 128 << 20
     max_fuel: int | None = None
     max_seconds: float = 60.0
-    max_output_bytes: int = 64 << 20  # everything under /out
+    max_output_bytes: int = 64 << 20  # everything under /out, apparent and allocated
+    max_output_entries: int = 10_000  # files, directories, anything under /out
+    max_output_depth: int = 32  # of directories under /out
     max_log_bytes: int = 1 << 20  # stdout and stderr, each; kept, truncated past this
 
     def __post_init__(self) -> None:
@@ -103,6 +109,8 @@ class WasmLimits:
             raise ValueError("max_fuel must be in [1, 2**63 - 1]")
         if self.max_output_bytes < 0 or self.max_log_bytes < 0:
             raise ValueError("output caps must be >= 0")
+        if self.max_output_entries < 1 or self.max_output_depth < 1:
+            raise ValueError("max_output_entries and max_output_depth must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +136,18 @@ class _Run:
         self.limits = limits
         self.stdout, self.stderr, self.out_dir = paths
         self.reason: ExecErrorCode | None = None
+        self.message: str | None = None  # why, when the stop has more to say than its code
+        self.last_guard = 0.0  # when the watchdog last checked its outputs
         self.guest_epoch_ns = time.monotonic_ns()  # set again once the store's WASI is built
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
-    def stop(self, reason: ExecErrorCode) -> None:
+    def stop(self, reason: ExecErrorCode, message: str | None = None) -> None:
         """Record why (first reason wins) and interrupt: the store's deadline is
         one tick, and a host call waiting in :meth:`sleep_until` returns."""
         with self._lock:
             if self.reason is None:
-                self.reason = reason
+                self.reason, self.message = reason, message
                 self.engine.increment_epoch()
                 self._stopped.set()
 
@@ -156,18 +166,32 @@ class _Run:
             self._stopped.wait(min(left, 1.0))  # bounded: no overflow for a year-long sleep
         return False
 
-    def over_quota(self) -> bool:
+    def over_quota(self) -> ExecError | None:
+        """Why the job must stop now for what it wrote, or None. Bounded: the
+        walk of /out stops once over a cap. An invalid entry (a symlink) is
+        left for the final check: the job may still remove it."""
         hard_log = self.limits.max_log_bytes * _LOG_HARD_FACTOR
         for log in (self.stdout, self.stderr):
             try:
                 if log.stat().st_size > hard_log:
-                    return True
+                    return exec_error(
+                        ExecErrorCode.OUTPUT_TOO_LARGE,
+                        f"stopped: it wrote over {hard_log} bytes to {log.suffix[1:]}",
+                    )
             except OSError:
                 pass
-        return (
-            tree_size(self.out_dir, stop_above=self.limits.max_output_bytes)
-            > self.limits.max_output_bytes
+        limits = self.limits
+        scan = scan_tree(
+            self.out_dir,
+            max_entries=limits.max_output_entries,
+            max_depth=limits.max_output_depth,
+            max_bytes=limits.max_output_bytes,
+            strict=False,
         )
+        error = output_error(scan, limits)
+        if error is None or error.code == ExecErrorCode.OUTPUT_INVALID:
+            return None
+        return exec_error(error.code, f"stopped: {error.message}")
 
 
 class CancelToken:
@@ -229,19 +253,25 @@ class _Watchdog:
         return len(self._runs)
 
     def _loop(self) -> None:
-        tick = 0
         while True:
             with self._cond:
                 while not self._runs:
                     self._cond.wait()
                 runs = list(self._runs)
             now = time.monotonic()
-            tick += 1
             for run in runs:
                 if now >= run.deadline:
                     run.stop(ExecErrorCode.TIMEOUT)
-                elif tick % _GUARD_EVERY_TICKS == 0 and run.over_quota():
-                    run.stop(ExecErrorCode.OUTPUT_TOO_LARGE)
+            # One output walk per tick (a walk may cost up to max_output_entries
+            # stats), for the run checked longest ago, so deadlines stay on time
+            # however many runs there are.
+            due = [r for r in runs if r.reason is None and now - r.last_guard >= _GUARD_INTERVAL_S]
+            if due:
+                run = min(due, key=lambda r: r.last_guard)
+                run.last_guard = now
+                error = run.over_quota()
+                if error is not None:
+                    run.stop(error.code, error.message)
             time.sleep(_TICK_SECONDS)
 
 
@@ -307,8 +337,8 @@ class WasmRuntime:
         logs_dir: str | os.PathLike[str] | None = None,
     ) -> ExecResult:
         """See :func:`run_wasm`."""
-        if in_dir is not None and not Path(in_dir).is_dir():
-            raise NotADirectoryError(f"in_dir {str(in_dir)!r} is not a directory")
+        if in_dir is not None and not _is_real_dir(Path(in_dir)):
+            raise NotADirectoryError(f"in_dir {str(in_dir)!r} is not a directory (or is a symlink)")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         logs = Path(logs_dir) if logs_dir is not None else out.parent
@@ -411,14 +441,14 @@ class WasmRuntime:
             state.fuel = fuel - store.get_fuel()
             state.peak_memory = _memory_size(instance, store) if instance is not None else 0
         if run.reason is not None:  # however it ended, it was stopped first
-            return state.finished(None, None, run.reason, fuel)
+            return state.finished(None, None, run.reason, fuel, run.message)
         if cannot_start is not None:
             return state.instantiate_failed(cannot_start)
         if instance is not None and exit_code is None and trap is None:
             return state.result(
                 None, exec_error(ExecErrorCode.INVALID_MODULE, "module has no _start function")
             )
-        return state.finished(exit_code, trap, run.reason, fuel)
+        return state.finished(exit_code, trap, None, fuel)
 
 
 def execution_limiter(slots: int) -> trio.CapacityLimiter:
@@ -485,20 +515,23 @@ class _Outcome:
 
     def result(self, exit_code: int | None, error: ExecError | None) -> ExecResult:
         wall_ms = (time.monotonic() - self.start) * 1000
-        output_bytes = tree_size(self.out)
-        if error is None and output_bytes > self.limits.max_output_bytes:
-            error = exec_error(
-                ExecErrorCode.OUTPUT_TOO_LARGE,
-                f"wrote {output_bytes} bytes to /out, over the cap of {self.limits.max_output_bytes}",
-            )
+        limits = self.limits
+        scan = scan_tree(
+            self.out,
+            max_entries=limits.max_output_entries,
+            max_depth=limits.max_output_depth,
+            max_bytes=limits.max_output_bytes,
+        )
+        unusable = output_error(scan, limits)
         return ExecResult(
             exit_code=exit_code,
-            usage=Usage(self.fuel, wall_ms, self.peak_memory, output_bytes),
+            usage=Usage(self.fuel, wall_ms, self.peak_memory, scan.apparent_bytes),
             stdout_path=self.stdout,
             stderr_path=self.stderr,
-            error=error,
-            stdout_truncated=truncate_log(self.stdout, self.limits.max_log_bytes),
-            stderr_truncated=truncate_log(self.stderr, self.limits.max_log_bytes),
+            error=error if error is not None else unusable,
+            stdout_truncated=truncate_log(self.stdout, limits.max_log_bytes),
+            stderr_truncated=truncate_log(self.stderr, limits.max_log_bytes),
+            output_error=unusable,
         )
 
     def instantiate_failed(self, e: wasmtime.WasmtimeError) -> ExecResult:
@@ -519,10 +552,11 @@ class _Outcome:
         trap: wasmtime.Trap | None,
         stop: ExecErrorCode | None,
         fuel: int,
+        stop_message: str | None = None,
     ) -> ExecResult:
         limit = self.limits.memory_bytes
         if stop is not None:
-            return self.result(None, exec_error(stop, self._stopped_message(stop)))
+            return self.result(None, exec_error(stop, stop_message or self._stopped_message(stop)))
         if trap is not None:
             code = trap.trap_code
             if code == wasmtime.TrapCode.OUT_OF_FUEL:
@@ -557,6 +591,13 @@ class _Outcome:
             ExecErrorCode.CANCELLED: "cancelled while running",
             ExecErrorCode.OUTPUT_TOO_LARGE: "stopped: it wrote more than its output caps allow",
         }.get(reason, f"stopped: {reason.value}")
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _near_limit(peak: int, limit: int) -> bool:
