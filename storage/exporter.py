@@ -55,6 +55,7 @@ GetBlock = Callable[[str], bytes]
 _HEX_UPPER = set(b"0123456789ABCDEF")
 MAX_DEPTH = 64  # of one file's DAG: a 174-ary DAG of depth 8 already holds ~2^60 chunks
 NAME_MAX = 255  # bytes in one path component (Linux, and most filesystems)
+MAX_TREE_DEPTH = 256  # the most ExportLimits.max_depth may allow
 SYMLINK_MAX = 4095  # bytes in a symlink target (PATH_MAX less the NUL)
 _HAMT_MAX_DEPTH = 8
 
@@ -78,14 +79,21 @@ class ExportLimits:
     max_blocks: int = 1 << 23
 
     def __post_init__(self) -> None:
-        for name, least in (("max_bytes", 0), ("max_entries", 1), ("max_depth", 0)):
-            _check_limit(name, getattr(self, name), least)
+        _check_limit("max_bytes", self.max_bytes, 0)
+        _check_limit("max_entries", self.max_entries, 1)
+        _check_limit("max_depth", self.max_depth, 0, MAX_TREE_DEPTH)  # the walk recurses
         _check_limit("max_blocks", self.max_blocks, 1)
 
 
-def _check_limit(name: str, value: object, least: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ValueError(f"ExportLimits.{name} must be an int >= {least}, not {value!r}")
+def _check_limit(name: str, value: object, least: int, most: int | None = None) -> None:
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < least
+        or (most is not None and value > most)
+    ):
+        bounds = f">= {least}" if most is None else f"from {least} to {most}"
+        raise ValueError(f"ExportLimits.{name} must be an int {bounds}, not {value!r}")
 
 
 DEFAULT_LIMITS = ExportLimits()

@@ -123,6 +123,20 @@ def test_allowed_symlinks_are_relative_and_stay_inside_dest(
         assert_nothing_written(out, outside)
 
 
+def test_a_symlink_that_is_inside_only_lexically_is_refused(tmp_path: Path) -> None:
+    # sub/l1 -> ".." is dest itself; sub/l2 -> "l1/../.." reads as dest too, but the
+    # kernel takes ".." from l1's target: dest/.. and out of the sandbox
+    dag = Dag()
+    sub = dag.dir([(b"l1", dag.symlink(b"..")), (b"l2", dag.symlink(b"l1/../.."))])
+    root = dag.dir([(b"sub", sub)])
+    out, outside = sandbox(tmp_path)
+    with pytest.raises(StorageError) as info:
+        export_to_path(root, dag.__getitem__, out, symlinks=True)
+    assert info.value.code == "unsafe_entry"
+    assert "'sub/l2'" in info.value.message
+    assert_nothing_written(out, outside)
+
+
 def test_export_car_refuses_a_symlink_in_a_bundle(tmp_path: Path) -> None:
     dag = Dag()
     root = dag.dir([(b"in", dag.symlink(b"/"))])
@@ -306,6 +320,10 @@ def test_export_limits_are_validated() -> None:
         ExportLimits(max_bytes=-1)
     with pytest.raises(ValueError):
         ExportLimits(max_entries=0)
+    with pytest.raises(ValueError):
+        ExportLimits(max_depth=100_000)  # the walk recurses once per level
+    with pytest.raises(ValueError):
+        ExportLimits(max_blocks=True)
     assert DEFAULT_LIMITS.max_bytes == 1 << 40 and DEFAULT_LIMITS.max_entries == 1_000_000
 
 
