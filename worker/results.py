@@ -159,10 +159,15 @@ class _Walk:
     """Counts for :func:`scan_tree`; says when to stop."""
 
     def __init__(
-        self, max_entries: int | None, max_depth: int | None, max_bytes: int | None, strict: bool
+        self,
+        max_entries: int | None,
+        max_depth: int | None,
+        max_bytes: int | None,
+        strict: bool,
+        allow_symlinks: bool,
     ):
         self.max_entries, self.max_depth, self.max_bytes = max_entries, max_depth, max_bytes
-        self.strict = strict
+        self.strict, self.allow_symlinks = strict, allow_symlinks
         self.entries = self.apparent = self.allocated = self.depth = 0
         self.invalid: str | None = None
 
@@ -199,7 +204,7 @@ class _Walk:
                         subdirs.append(entry.name)
                     elif stat.S_ISREG(st.st_mode):
                         self.apparent += st.st_size
-                    else:
+                    elif not (self.allow_symlinks and stat.S_ISLNK(st.st_mode)):
                         self.fail(f"{_shown(rel + entry.name)} is a {_kind(st.st_mode)}")
                     if self.over():
                         return None
@@ -219,6 +224,7 @@ def scan_tree(
     max_depth: int | None = None,
     max_bytes: int | None = None,
     strict: bool = True,
+    allow_symlinks: bool = False,
 ) -> TreeScan:
     """Count what is under ``root``, stopping as soon as a cap is passed (or,
     when ``strict``, at the first entry that is neither a regular file nor a
@@ -230,8 +236,10 @@ def scan_tree(
     empty tree; a root that is not a directory (a symlink too) is invalid.
     ``strict=False`` is for a tree a job is still changing: entries that vanish
     are skipped, and an invalid entry is noted but the walk goes on counting.
+    ``allow_symlinks`` counts symlinks (never followed) as valid entries: for
+    a job's ``/in``, where wasmtime itself refuses links that leave it.
     """
-    walk = _Walk(max_entries, max_depth, max_bytes, strict)
+    walk = _Walk(max_entries, max_depth, max_bytes, strict, allow_symlinks)
     try:
         root_fd = os.open(root, _DIR_FLAGS)
     except FileNotFoundError:
