@@ -10,8 +10,20 @@ issue to settle. Refusals are tried past, in price order.
 
 Provider side (``on_pin_request``): refuse when we sell no storage, the DAG
 does not fit what we sell (minus what we already host), or the duration is
-out of range; else fetch it from the requester, pin it, record it in
-``<data_dir>/storage/hosted.jsonl``, and unpin it when it expires.
+out of range; else fetch it from the requester, measure it, pin it, record it
+in ``<data_dir>/storage/hosted.jsonl``, and unpin it when it expires.
+
+The requester's ``size`` is a claim. The fetch stops as soon as the DAG is
+seen to be larger than that claim plus ``PIN_SLACK_BYTES`` (by the root's own
+cumulative size, else by the bytes that arrived) or than the room we sell. The
+check runs after each batch the exchange stores, so a liar whose link sizes
+lie too makes us store at most one batch and one frame past the limit
+(``store_batch_bytes`` + ``MAX_FRAME_BYTES``), not its DAG. After the fetch the
+DAG is measured block by block (each distinct block once) and that size is
+what is checked, recorded and billed; a refused DAG is left unpinned for gc.
+While a pin is fetched, what it may grow to is set aside from the room. A CID that was pinned here
+before the request (the operator's own data) keeps its pin when the contract
+ends; a second contract for a hosted CID extends, never shortens, its stay.
 
 Both files are append-only JSON lines, fsynced per record: an operator can
 read them, and a crash loses at most the record being written.
@@ -32,8 +44,9 @@ import trio
 from protocol.blocks import PinRequest, PinResponse
 from protocol.errors import StorageError
 from storage.blockstore import BlockStore
-from storage.cid import DAG_PB, parse_cid
+from storage.cid import DAG_PB, RAW, canonical, cid_to_str, parse_cid
 from storage.dagpb import decode_node
+from storage.fetch_state import FetchProgress
 from storage.streams import FramedStream
 
 log = logging.getLogger("maskd.storage.replicate")
@@ -42,6 +55,8 @@ GB = 10**9
 MAX_DURATION_S = 365 * 86400.0
 PIN_TIMEOUT_BASE_S = 30.0
 PIN_TIMEOUT_PER_MB_S = 0.1  # a provider fetches at 10 MB/s at worst before we give up
+#: A DAG may be this much larger than its requester said before we stop fetching.
+PIN_SLACK_BYTES = 1 << 20
 
 
 def owed(size: int, duration_s: float, price_gb_hour: str) -> int:
@@ -55,6 +70,55 @@ def dag_size(store: BlockStore, cid: str) -> int:
     if parse_cid(cid).codec != DAG_PB:
         return len(data)
     return len(data) + sum(link.tsize for link in decode_node(data).links)
+
+
+def measure_dag(store: BlockStore, cid: str, limit: int) -> int:
+    """The DAG's size as stored here: each distinct block once, read from disk.
+
+    Stops as soon as the sum passes ``limit`` (returning it, > ``limit``), so a
+    huge DAG already in the store costs no more to measure than a small one.
+    """
+    total = 0
+    seen: set[str] = set()
+    stack = [canonical(cid)]
+    while stack:
+        key = stack.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        codec = parse_cid(key).codec
+        if codec not in (DAG_PB, RAW):
+            raise StorageError(f"cannot measure {key}: codec 0x{codec:x}", code="unsupported_codec")
+        data = store.get(key)
+        total += len(data)
+        if total > limit:
+            return total
+        if codec == DAG_PB:
+            stack.extend(cid_to_str(link.hash) for link in decode_node(data).links)
+    return total
+
+
+class _SizeExceeded(StorageError):
+    code = "size_mismatch"
+
+
+def _size_check(declared_limit: int, room: int) -> Callable[[int], None]:
+    """Raise when ``n`` bytes is more than the requester declared (+slack) or we sell."""
+
+    def check(n: int) -> None:
+        if n > declared_limit:
+            raise _SizeExceeded(
+                f"the DAG is larger than its requester declared ({n:,} > {declared_limit:,} bytes)",
+                hint="the requester must send the DAG's real cumulative size",
+            )
+        if n > room:
+            raise _SizeExceeded(
+                f"the DAG does not fit the storage left ({n:,} > {room:,} bytes)",
+                code="too_large",
+                hint="ask a provider with more storage",
+            )
+
+    return check
 
 
 def _append(path: Path, record: dict) -> None:
@@ -111,10 +175,11 @@ class Replicator:
         self.hosted: dict[str, dict] = {}
         for rec in _read(self.hosted_file):
             if rec.get("event") == "pinned" and rec["expires_at"] > now:
-                self.hosted[rec["cid"]] = rec
+                self._host(rec)
             elif rec.get("event") == "expired":
                 self.hosted.pop(rec["cid"], None)
         self._hosted_changed = trio.Event()
+        self._reserved_bytes = 0  # set aside for pins being fetched
         self._req_ids = iter(range(1, 1 << 62))
 
     async def _blocking(self, fn, *args):
@@ -207,6 +272,17 @@ class Replicator:
     def _hosted_bytes(self) -> int:
         return sum(rec["size"] for rec in self.hosted.values())
 
+    def _host(self, record: dict) -> None:
+        """Hold ``record``'s CID until the latest expiry of any contract for it."""
+        held = self.hosted.get(record["cid"])
+        if held is None:
+            self.hosted[record["cid"]] = record
+        else:  # several contracts for one CID: one pin, held for the longest stay
+            self.hosted[record["cid"]] = {
+                **held,
+                "expires_at": max(held["expires_at"], record["expires_at"]),
+            }
+
     async def on_pin_request(self, peer: str, req: PinRequest) -> PinResponse:
         def no(reason: str) -> PinResponse:
             log.info("refusing to pin %s for %s: %s", req.cid, peer, reason)
@@ -216,29 +292,46 @@ class Replicator:
             return no("no_storage")
         if not 0 < req.duration_s <= MAX_DURATION_S:
             return no("bad_duration")
-        if req.size < 0 or req.size + self._hosted_bytes() > self.storage_mb << 20:
+        try:
+            cid = canonical(req.cid)
+        except StorageError:
+            return no("cid_invalid")
+        room = (self.storage_mb << 20) - self._hosted_bytes() - self._reserved_bytes
+        if req.size < 0 or req.size > room:
             return no("too_large")
+        declared_limit = req.size + PIN_SLACK_BYTES
+        # what this pin may grow to is set aside while it is fetched, so pins
+        # fetched at the same time cannot together exceed what we sell
+        reserved = min(declared_limit, room)
+        self._reserved_bytes += reserved
         sources = [p for p in req.sources if p != self.peer_id][:8] or [peer]
         try:
-            # pinned inside the fetch's writing() guard: a gc cannot slip in between
-            result = await self.exchange.fetch_dag(req.cid, sources, pin=True)
+            size, blocks, was_pinned = await self._fetch_measured(
+                cid, sources, declared_limit=declared_limit, room=room
+            )
         except StorageError as exc:
             return no(exc.code)
+        finally:
+            self._reserved_bytes -= reserved
+        # pinned before and not by a contract of ours: the operator's, kept at expiry
+        kept_pin = was_pinned and cid not in self.hosted
         expires_at = self.clock() + req.duration_s
         record = {
             "event": "pinned",
             "ts": self.clock(),
             "requester": peer,
-            "cid": req.cid,
-            "size": req.size,
+            "cid": cid,
+            "size": size,
+            "declared_size": req.size,
             "duration_s": req.duration_s,
             "price_gb_hour": self.price_gb_hour,
-            "owed": str(owed(req.size, req.duration_s, self.price_gb_hour)),
+            "owed": str(owed(size, req.duration_s, self.price_gb_hour)),
             "expires_at": expires_at,
-            "fetched_blocks": result.blocks,
+            "fetched_blocks": blocks,
+            "kept_pin": kept_pin,
         }
         await self._blocking(_append, self.hosted_file, record)
-        self.hosted[req.cid] = record
+        self._host(record)
         self._hosted_changed.set()
         return PinResponse(
             req_id=req.req_id,
@@ -247,6 +340,36 @@ class Replicator:
             expires_at=expires_at,
         )
 
+    async def _fetch_measured(
+        self, cid: str, sources: list[str], *, declared_limit: int, room: int
+    ) -> tuple[int, int, bool]:
+        """Fetch, measure and pin the DAG; ``(size, blocks fetched, pinned already)``.
+
+        ``check`` ends the fetch as soon as the DAG is seen to be too large: by the
+        size its root claims (honest DAGs), else by the bytes that arrived (DAGs
+        whose link sizes lie). The lease keeps a gc off the fetched blocks until
+        they are measured and pinned; refused blocks are left unpinned for gc.
+        """
+
+        check = _size_check(declared_limit, room)
+
+        def on_progress(p: FetchProgress) -> None:
+            check(max(p.bytes_done, p.dag_bytes or 0))
+
+        lease = self.store.lease(cid)
+        await self._blocking(lease.__enter__)
+        try:
+            result = await self.exchange.fetch_dag(cid, sources, progress=on_progress)
+            limit = min(declared_limit, room)
+            size = await self._blocking(measure_dag, self.store, cid, limit)
+            check(size)
+            was_pinned = cid in await self._blocking(self.store.pins)
+            if not was_pinned:
+                await self._blocking(self.store.pin, cid)
+        finally:
+            lease.__exit__(None, None, None)
+        return size, result.blocks, was_pinned
+
     async def expiry_loop(self) -> None:
         """Unpin hosted replicas when their time is up (gc then frees them)."""
         while True:
@@ -254,7 +377,8 @@ class Replicator:
             for cid, rec in list(self.hosted.items()):
                 if rec["expires_at"] <= now:
                     del self.hosted[cid]
-                    await self._blocking(self.store.unpin, cid)
+                    if not rec.get("kept_pin"):  # never the operator's own pin
+                        await self._blocking(self.store.unpin, cid)
                     await self._blocking(
                         _append, self.hosted_file, {"event": "expired", "cid": cid, "ts": now}
                     )
