@@ -157,10 +157,15 @@ class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):
+    """``resumed``: the provider restarted and asks before it runs the job again;
+    the requester answers with the agreement (go on, seq starts over) or a
+    ``Cancel`` (``replaced``, ``cancelled``). Peers that predate it ignore it."""
+
     job_id: str
     peer_id: str
     seq: int
     usage: UsageReport = UsageReport()
+    resumed: bool = False
 
 
 class JobResult(msgspec.Struct, frozen=True, kw_only=True, tag="job_result"):
@@ -179,7 +184,11 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True, tag="job_result"):
 
 
 class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
-    """From the requester: stop the job, or release a quote it will not take."""
+    """From the requester: stop the job, or release a quote it will not take.
+
+    ``reason``: ``cancelled`` (by the user), ``released`` (a quote not taken),
+    ``replaced`` (another provider has the job now: what a provider that speaks
+    of a job it lost is told), ``heartbeat_timeout``, ``deadline``, ..."""
 
     job_id: str
     peer_id: str

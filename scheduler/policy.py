@@ -15,6 +15,7 @@ resources and sends the quote or refusal.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ __all__ = [
     "Check",
     "ProviderState",
     "Quote",
+    "RateLimiter",
     "Refusal",
     "RefusalReason",
     "UnitPrices",
@@ -45,6 +47,8 @@ class RefusalReason(enum.StrEnum):
     REQUESTER_BANNED = "requester_banned"
     DEADLINE_TOO_SHORT = "deadline_too_short"
     BUSY = "busy"
+    #: this requester already holds the provider's most open quotes per requester
+    TOO_MANY_QUOTES = "too_many_quotes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +236,38 @@ def evaluate(
         price_total=floor_price(bid, state.prices),
         valid_until=state.now + state.quote_ttl_seconds,
     )
+
+
+class RateLimiter:
+    """Token buckets, one per key (a requester's peer id): ``rate`` tokens a
+    second, at most ``burst``; each allowed event takes one. Pure: ``now`` is
+    passed in, and a clock that steps back refills nothing.
+
+    Bounded: at most ``max_keys`` buckets; the least recently used is forgotten
+    (and starts full if its key comes back), so a swarm of peer ids costs
+    memory up to the bound and no more.
+    """
+
+    def __init__(self, *, rate: float, burst: float, max_keys: int):
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("a rate limiter needs rate > 0, burst >= 1 and max_keys >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, key: str, now: float) -> bool:
+        """Take a token for ``key`` if it has one."""
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        if now > at:
+            tokens, at = min(self.burst, tokens + (now - at) * self.rate), now
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        self._buckets[key] = (tokens, at)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return allowed

@@ -17,6 +17,21 @@ first few jobs (every provider sees the bids in the same order) and refuse the
 rest for a whole re-bid period; a declined agreement costs one round trip.
 A remembered quote is dropped on lapse, on the requester's
 ``Cancel(reason="released")``, or when the agreement arrives.
+
+Hostile requesters: bids from one requester are rate limited (token bucket,
+``bid_rate_per_s``; the excess is dropped and counted as ``bid_rate_limited``)
+and one requester holds at most ``max_quotes_per_requester`` open quotes
+(refused with ``too_many_quotes``), so a flood from one peer cannot take the
+quotes an honest requester needs. Quotes are keyed by (requester, job id): a
+peer that bids with another requester's job id gets a quote of its own and
+neither replaces nor blocks the other's.
+
+Restarts: a job the previous run left matched or running is not run again
+blindly. :meth:`ProviderCore.resume` asks first, with a heartbeat marked
+``resumed`` every interval; the requester answers with the agreement (run it
+again from the start) or a ``Cancel`` (``replaced``: another provider has the
+job, so nothing is owed for it here). No answer by the job's deadline and the
+job ends ``cancelled`` (``unconfirmed``).
 """
 
 from __future__ import annotations
@@ -79,6 +94,10 @@ class ProviderConfig:
     banned: frozenset[str] = frozenset()
     max_concurrent_jobs: int = 8  # running jobs
     max_open_quotes: int = 4096  # quotes remembered at once (they reserve nothing)
+    max_quotes_per_requester: int = 64  # ... of which one requester may hold this many
+    bid_rate_per_s: float = 50.0  # bids heard from one requester a second, on average
+    bid_burst: int = 200  # ... and at most this many at once
+    bid_rate_peers: int = 4096  # requesters whose bid rate is remembered (LRU)
     quote_ttl_s: float = 30.0
     start_margin_s: float = 5.0
 
@@ -204,6 +223,7 @@ class _Job:
     heartbeat_seq: int = 0
     usage: UsageReport = field(default_factory=UsageReport)
     outcome: ExecutionOutcome | None = None
+    confirmed: bool = True  # False: resumed after a restart, asking the requester first
 
     @property
     def requester(self) -> str:
@@ -214,7 +234,12 @@ class ProviderCore:
     def __init__(self, config: ProviderConfig, keys: MarketKeys):
         self.config = config
         self._keys = keys
-        self._reservations: dict[str, _Reservation] = {}
+        # keyed by (requester peer, job id): job ids are only unique per requester
+        self._reservations: dict[tuple[str, str], _Reservation] = {}
+        self._quotes_held: Counter[str] = Counter()  # open quotes per requester
+        self._bid_rate = policy.RateLimiter(
+            rate=config.bid_rate_per_s, burst=config.bid_burst, max_keys=config.bid_rate_peers
+        )
         self._jobs: dict[str, _Job] = {}
         self.counters: Counter[str] = Counter()
 
@@ -224,7 +249,7 @@ class ProviderCore:
         return list(self._jobs)
 
     def reserved(self) -> list[str]:
-        return list(self._reservations)
+        return [job_id for _, job_id in self._reservations]
 
     def free(self) -> tuple[int, int, int]:
         """Free (cpu, memory_mb, gpu): the totals less running jobs (quotes reserve nothing)."""
@@ -237,47 +262,47 @@ class ProviderCore:
     def next_deadline(self) -> float | None:
         times = [r.valid_until for r in self._reservations.values()]
         times += [j.next_heartbeat for j in self._jobs.values() if j.outcome is None]
+        times += [float(j.agreement.terms.deadline) for j in self._jobs.values() if not j.confirmed]
         return min(times, default=None)
 
     # --- inputs -----------------------------------------------------------------
 
     def handle_bid(self, bid: JobBid, now: float) -> list[ProviderCommand]:
         """A bid the validation pipeline accepted."""
+        if not self._bid_rate.allow(bid.peer_id, now):
+            self.counters["bid_rate_limited"] += 1  # no answer: it would feed the flood
+            return []
         if bid.job_id in self._jobs:
             self.counters["bid_for_running_job"] += 1
             return []
-        old = self._reservations.pop(bid.job_id, None)
+        key = (bid.peer_id, bid.job_id)
+        old = self._reservations.get(key)
         if old is not None and old.bid.seq >= bid.seq:
-            self._reservations[bid.job_id] = old
             self.counters["bid_stale"] += 1
             return []
+        if old is not None:
+            self._drop_quote(key)
         cpu, mem, gpu = self.free()
-        me = self.config.peer_id
+        held, most = self._quotes_held[bid.peer_id], self.config.max_quotes_per_requester
+        if held >= most:
+            self.counters["refused_too_many_quotes"] += 1
+            detail = f"{held} quotes open for this requester, the most is {most}"
+            return [self._decline(bid.peer_id, bid.job_id, "too_many_quotes", detail, bid.seq)]
         if len(self._reservations) >= self.config.max_open_quotes:
             self.counters["refused_busy"] += 1
             detail = f"{len(self._reservations)} quotes outstanding"
-            refusal = Refusal(
-                job_id=bid.job_id, bid_seq=bid.seq, peer_id=me, reason="busy", detail=detail
-            )
-            return [SendRefusal(bid.peer_id, refusal)]
+            return [self._decline(bid.peer_id, bid.job_id, "busy", detail, bid.seq)]
         decision = policy.evaluate(self._policy_bid(bid), self._policy_state(now))
         if isinstance(decision, policy.Refusal):
             self.counters[f"refused_{decision.reason.value}"] += 1
-            refusal = Refusal(
-                job_id=bid.job_id,
-                bid_seq=bid.seq,
-                peer_id=me,
-                reason=decision.reason.value,
-                detail=decision.detail,
-            )
-            return [SendRefusal(bid.peer_id, refusal)]
-        self._reservations[bid.job_id] = _Reservation(
-            bid, decision.price_total, decision.valid_until
-        )
+            reason = decision.reason.value
+            return [self._decline(bid.peer_id, bid.job_id, reason, decision.detail, bid.seq)]
+        self._reservations[key] = _Reservation(bid, decision.price_total, decision.valid_until)
+        self._quotes_held[bid.peer_id] += 1
         quote = Quote(
             job_id=bid.job_id,
             bid_seq=bid.seq,
-            peer_id=me,
+            peer_id=self.config.peer_id,
             identity=self.config.identity,
             price_total=str(decision.price_total),
             valid_until=decision.valid_until,
@@ -302,20 +327,22 @@ class ProviderCore:
         running = self._jobs.get(t.job_id)
         if running is not None:
             if running.agreement.terms == t and source == t.requester_peer:
+                if not running.confirmed:
+                    return self._confirm(running, now)
                 # our countersign was lost: send it again, nothing else changes
                 return [SendProviderAgreement(source, running.agreement)]
             self.counters["agreement_for_running_job"] += 1
             return []
-        res = self._reservations.get(t.job_id)
-        if res is None or res.bid.peer_id != source:
+        key = (source, t.job_id)
+        res = self._reservations.get(key)
+        if res is None:
             self.counters["agreement_without_quote"] += 1
             return [self._decline(source, t.job_id, "quote_lapsed", "no live quote for this job")]
+        self._drop_quote(key)
         problem = self._agreement_problem(a, res)
         if problem is not None:
-            del self._reservations[t.job_id]
             self.counters["bad_agreement"] += 1
             return [self._decline(source, t.job_id, "bad_agreement", problem, res.bid.seq)]
-        del self._reservations[t.job_id]
         # the quote reserved nothing: commit only if the job still fits now
         full = policy.evaluate(
             self._policy_bid(res.bid), self._policy_state(now), checks=policy.CAPACITY_CHECKS
@@ -376,13 +403,13 @@ class ProviderCore:
             if job.outcome is not None:
                 # already finished; the result is on its way or the output is being stored
                 self.counters["cancel_after_finish"] += 1
-            return [
-                self._transition(job, JobEvent.CANCELLED, reason=c.reason),
-                AbortExecution(c.job_id, c.reason),
-            ]
-        res = self._reservations.get(c.job_id)
-        if res is not None and source == res.bid.peer_id:
-            del self._reservations[c.job_id]
+            ended = self._transition(job, JobEvent.CANCELLED, reason=c.reason)
+            if not job.confirmed:  # resumed and never started: nothing to abort
+                self.counters["resume_cancelled"] += 1
+                return [ended]
+            return [ended, AbortExecution(c.job_id, c.reason)]
+        if (source, c.job_id) in self._reservations:
+            self._drop_quote((source, c.job_id))
             self.counters["quote_released"] += 1
             return []
         self.counters["cancel_ignored"] += 1
@@ -445,31 +472,50 @@ class ProviderCore:
         return self.output_stored(job_id, "", now)
 
     def resume(self, row: JobRow, now: float) -> list[ProviderCommand]:
-        """Restart a job a previous run left matched or running: run it again from the start."""
+        """Pick up a job a previous run left matched or running. The requester may
+        have replaced us while we were down: ask it (a ``resumed`` heartbeat, every
+        interval) and run the job again only when it answers with the agreement."""
         if row.agreement is None or row.state not in (JobState.MATCHED, JobState.RUNNING):
             return []
         signed = msgspec.msgpack.decode(row.agreement, type=Agreement)
         interval = signed.terms.heartbeat_interval_ms / 1000
-        job = _Job(signed, row.state, interval, now + interval)
+        job = _Job(signed, row.state, interval, now + interval, confirmed=False)
         self._jobs[row.job_id] = job
-        cmds: list[ProviderCommand] = [
-            FetchPayload(row.job_id, job.requester, signed.terms.spec_cid)
-        ]
-        if row.state is JobState.MATCHED:
+        if now >= signed.terms.deadline:
+            return self._give_up(job)
+        self.counters["resumed_asking"] += 1
+        return [self._heartbeat(job, now)]
+
+    def _confirm(self, job: _Job, now: float) -> list[ProviderCommand]:
+        """The requester answered a resumed job's question with the agreement: run it
+        again from the start (the sandbox's state did not survive the restart)."""
+        job.confirmed = True
+        self.counters["resume_confirmed"] += 1
+        t = job.agreement.terms
+        cmds: list[ProviderCommand] = [FetchPayload(t.job_id, job.requester, t.spec_cid)]
+        if job.state is JobState.MATCHED:
             cmds.append(self._transition(job, JobEvent.STARTED))
-        return [*cmds, StartExecution(row.job_id, signed), self._heartbeat(job, now)]
+        return [*cmds, StartExecution(t.job_id, job.agreement), self._heartbeat(job, now)]
+
+    def _give_up(self, job: _Job) -> list[ProviderCommand]:
+        """A resumed job the requester never confirmed by its deadline: ended, not run."""
+        del self._jobs[job.agreement.terms.job_id]
+        self.counters["resume_unconfirmed"] += 1
+        return [self._transition(job, JobEvent.CANCELLED, reason="unconfirmed")]
 
     # --- timers -----------------------------------------------------------------
 
     def handle_timer(self, now: float) -> list[ProviderCommand]:
-        for job_id in [j for j, r in self._reservations.items() if r.valid_until <= now]:
-            del self._reservations[job_id]
+        for key in [k for k, r in self._reservations.items() if r.valid_until <= now]:
+            self._drop_quote(key)
             self.counters["quote_lapsed"] += 1
-        return [
-            self._heartbeat(job, now)
-            for job in self._jobs.values()
-            if job.outcome is None and job.next_heartbeat <= now
-        ]
+        cmds: list[ProviderCommand] = []
+        for job in list(self._jobs.values()):
+            if not job.confirmed and now >= job.agreement.terms.deadline:
+                cmds += self._give_up(job)
+            elif job.outcome is None and job.next_heartbeat <= now:
+                cmds.append(self._heartbeat(job, now))
+        return cmds
 
     # --- helpers ----------------------------------------------------------------
 
@@ -504,12 +550,20 @@ class ProviderCore:
             deadline=float(bid.deadline),
         )
 
+    def _drop_quote(self, key: tuple[str, str]) -> None:
+        del self._reservations[key]
+        requester = key[0]
+        self._quotes_held[requester] -= 1
+        if self._quotes_held[requester] <= 0:
+            del self._quotes_held[requester]
+
     def _heartbeat(self, job: _Job, now: float) -> SendHeartbeat:
         hb = Heartbeat(
             job_id=job.agreement.terms.job_id,
             peer_id=self.config.peer_id,
             seq=job.heartbeat_seq,
             usage=job.usage,
+            resumed=not job.confirmed,
         )
         job.heartbeat_seq += 1
         job.next_heartbeat = now + job.interval

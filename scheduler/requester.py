@@ -20,7 +20,12 @@ A job's market life (docs/market.md has the diagram)::
     output verified -> completed, owed recorded in the same transaction
 
 Peer mistakes (a quote for an unknown job, a result from a replaced provider)
-are dropped and counted in :attr:`RequesterCore.counters`, never raised.
+are dropped and counted in :attr:`RequesterCore.counters`, never raised. A
+provider that speaks of a job it no longer has (it was replaced, or the job
+was cancelled, while it was down or cut off) is told so with a ``Cancel``
+(``replaced`` / ``cancelled``), so both sides' records end the same way; a
+provider back from a restart that still has the job (a ``resumed`` heartbeat)
+is answered with the agreement, and its heartbeat count starts over.
 """
 
 from __future__ import annotations
@@ -176,6 +181,7 @@ class RequesterJob:
     agreement_deadline: float | None = None
     provider: str | None = None
     terms: AgreementTerms | None = None
+    agreement: Agreement | None = None  # ours, signed: the answer to a resumed provider
     liveness_deadline: float | None = None
     provider_deadline: float | None = None
     heartbeat_seq: int = -1
@@ -333,6 +339,7 @@ class RequesterCore:
             return self._enqueue(job, now)
         agreement = msgspec.msgpack.decode(row.agreement, type=Agreement)
         job.terms, job.provider = agreement.terms, agreement.terms.provider_peer
+        job.agreement = msgspec.structs.replace(agreement, provider_signature=b"")
         if row.state is JobState.VERIFYING and row.output_cid:
             job.output_cid = row.output_cid
             return [FetchOutput(job.job_id, job.provider, row.output_cid, spec.verify.mode)]
@@ -357,6 +364,8 @@ class RequesterCore:
         job = self._jobs.get(job_id)
         if isinstance(message, JobResult):
             return self._on_result(source, message, job, now)
+        if isinstance(message, Heartbeat) and (job is None or source != job.provider):
+            return self._from_former_provider(source, message, job, "heartbeat")
         if job is None:
             self.counters[f"unknown_job_{type(message).__name__.lower()}"] += 1
             return []
@@ -442,6 +451,7 @@ class RequesterCore:
         job.offered = job.agreement_deadline = None
         job.window_ends = job.rebid_at = None
         job.provider, job.terms = source, a.terms
+        job.agreement = msgspec.structs.replace(a, provider_signature=b"")
         job.heartbeat_seq = -1
         job.liveness_deadline = now + self._heartbeat_timeout()
         job.provider_deadline = now + job.requirements.max_seconds + self.config.start_grace_s
@@ -469,6 +479,13 @@ class RequesterCore:
         if source != job.provider or job.state not in _PLACED:
             self.counters["heartbeat_ignored"] += 1
             return []
+        if hb.resumed and job.agreement is not None:
+            # the provider restarted and asks whether the job is still its own: it
+            # is; it runs it again from the start, and counts heartbeats from 0
+            self.counters["provider_resumed"] += 1
+            job.heartbeat_seq = hb.seq
+            job.liveness_deadline = now + self._heartbeat_timeout()
+            return [SendAgreement(source, job.agreement)]
         if hb.seq <= job.heartbeat_seq:
             self.counters["heartbeat_stale"] += 1
             return []
@@ -478,21 +495,40 @@ class RequesterCore:
             return [self._transition(job, JobEvent.STARTED)]
         return []
 
-    def _on_result(self, source: str, r: JobResult, job: RequesterJob | None, now: float) -> list:
+    def _from_former_provider(
+        self, source: str, message: Heartbeat | JobResult, job: RequesterJob | None, kind: str
+    ) -> list[RequesterCommand]:
+        """A heartbeat or result for a job ``source`` is not (or no longer) running
+        for us. A provider we replaced, or whose job ended while it was away, is
+        told so, so that it ends its record of the job instead of running it on
+        (or again) for a price nobody owes it; anyone else is ignored."""
+        job = job or self._finished.get(message.job_id)
         if job is None:
-            finished = self._finished.get(r.job_id)
-            if finished is not None and source != finished.provider:
-                finished.late_results += 1
-                self.counters["late_result_ignored"] += 1
-            else:
-                self.counters["unknown_job_jobresult"] += 1
+            self.counters[f"unknown_job_{kind}"] += 1
             return []
-        if source != job.provider or job.state not in _PLACED or job.terms is None:
-            if source in job.replaced:
-                job.late_results += 1
-                self.counters["late_result_ignored"] += 1
-            else:
-                self.counters["result_ignored"] += 1
+        if source in job.replaced:
+            reason = "replaced"
+        elif (
+            kind == "heartbeat"  # a result means the provider has already ended its record
+            and source == job.provider
+            and job.state in (JobState.FAILED, JobState.CANCELLED)
+        ):
+            reason = "cancelled"
+        else:
+            self.counters[f"{kind}_ignored"] += 1
+            return []
+        if kind == "result":
+            job.late_results += 1
+            self.counters["late_result_ignored"] += 1
+        self.counters[f"told_{reason}"] += 1
+        cancel = Cancel(job_id=job.job_id, peer_id=self.config.peer_id, reason=reason)
+        return [SendCancel(source, cancel)]
+
+    def _on_result(self, source: str, r: JobResult, job: RequesterJob | None, now: float) -> list:
+        if job is None or source != job.provider:
+            return self._from_former_provider(source, r, job, "result")
+        if job.state not in _PLACED or job.terms is None:
+            self.counters["result_ignored"] += 1
             return []
         if r.peer_id != source or not self._keys.verify_result(r, job.terms.provider_account):
             self.counters["bad_result_signature"] += 1
@@ -712,7 +748,7 @@ class RequesterCore:
         job.replaced.append(old)
         job.excluded.add(old)
         job.quotes.pop(old, None)
-        job.provider = job.terms = None
+        job.provider = job.terms = job.agreement = None
         job.liveness_deadline = job.provider_deadline = None
         return cmds + self._select(job, now)
 

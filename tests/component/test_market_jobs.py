@@ -130,11 +130,11 @@ async def test_deadline_expiry_fails_the_job_with_an_explanation(autojump_clock,
         nursery.cancel_scope.cancel()
 
 
-async def test_a_late_result_from_a_replaced_provider_is_ignored_and_owed_once(
+async def test_a_replaced_provider_that_comes_back_is_told_so_stops_and_is_owed_nothing(
     autojump_clock, tmp_path
 ):
-    # the first run anywhere takes 8 s, the next 10 s: the replaced provider's
-    # result arrives while its replacement is still running
+    # the first run anywhere takes 8 s, the next 10 s: the replaced provider comes
+    # back while both it and its replacement are still running
     durations = iter([8.0, 10.0, 10.0])
     async with trio.open_nursery() as nursery:
         market = Market(nursery, tmp_path)
@@ -154,16 +154,23 @@ async def test_a_late_result_from_a_replaced_provider_is_ignored_and_owed_once(
         assert trio.current_time() == pytest.approx(t0 + 3.0)
         await market.wait_state(job_id, JobState.RUNNING)  # the replacement has started
         market.streams.heal(first_peer)
-        await market.wait_for(req, lambda: core.counters["late_result_ignored"] == 1)
-        assert trio.current_time() == pytest.approx(t0 + 8.0)
+        # its next heartbeat is answered with Cancel(replaced): it stops and its
+        # record ends cancelled, not completed at a price nobody owes it
+        first_row = lambda: first.store.get(job_id, role="provider")  # noqa: E731
+        await market.wait_for(first, lambda: first_row().state is JobState.CANCELLED)
+        assert trio.current_time() < t0 + 8.0
+        await market.wait_for(first, lambda: first.worker.aborted == [job_id])
+        assert first.worker.finished == []
+        reasons = [t.fields.get("reason") for t in first.store.transitions(job_id, role="provider")]
+        assert reasons[-1] == "replaced"
+        assert core.counters["told_replaced"] >= 1
         assert market.state(job_id) is JobState.RUNNING  # still with the replacement
-        assert first.store.get(job_id, role="provider").state is JobState.COMPLETED
         await market.wait_state(job_id, JobState.COMPLETED)
         assert trio.current_time() == pytest.approx(t0 + 3.0 + 0.5 + 10.0)  # + a quote window
         owed = req.store.owed()
         assert len(owed) == 1 and owed[0].provider_peer not in (first_peer, None)
         assert core.job(job_id).replaced == [first_peer]
-        assert core.job(job_id).late_results == 1
+        assert core.job(job_id).late_results == 0
         nursery.cancel_scope.cancel()
 
 

@@ -122,6 +122,7 @@ def test_reasons_are_a_fixed_set() -> None:
         "requester_banned",
         "deadline_too_short",
         "busy",
+        "too_many_quotes",
     }
 
 
