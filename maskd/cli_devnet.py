@@ -16,6 +16,7 @@ from rich.table import Table
 
 from maskd.devnet import (
     DevnetError,
+    make_private_dir,
     read_state,
     start_devnet,
     stop_devnet,
@@ -54,7 +55,7 @@ def devnet_up(nodes: int, root: str, timeout: float, as_json: bool) -> None:
                 f"a devnet is already running in {path} ({len(running)} nodes)",
                 hint=f"stop it with `mask devnet down --dir {root}`",
             )
-    path.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path)  # 0700: the nodes' keys live under it
     err = Console(stderr=True, highlight=False)
     started = time.monotonic()
     procs = start_devnet(nodes, path, timeout=timeout, progress=lambda m: err.print(f"[dim]{m}[/]"))

@@ -37,10 +37,10 @@ _RUN = WasmLimits()
 # A result is what a provider's sandbox may write: /out under its caps plus
 # the two logs and the root. Unpacking a result never goes past that, whatever
 # sizes its DAG declares (a decompression bomb fails before it is written).
-RESULT_LIMITS = ExportLimits(
+RESULT_LIMITS = ExportLimits.for_tree(
     max_bytes=_RUN.max_output_bytes + 2 * _RUN.max_log_bytes,
-    max_entries=getattr(_RUN, "max_output_entries", 10_000) + 4,
-    max_depth=getattr(_RUN, "max_output_depth", 32) + 1,
+    max_entries=_RUN.max_output_entries + 4,
+    max_depth=_RUN.max_output_depth + 1,
 )
 LOG_READ_BYTES = _RUN.max_log_bytes  # a provider keeps at most this much of each log
 

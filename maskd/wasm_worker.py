@@ -11,7 +11,6 @@ unpacked for the same requester and spec_cid is reused from the
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,8 @@ from protocol.market import UsageReport
 from scheduler import provider as pv
 from storage.carfile import export_car
 from storage.exporter import ExportLimits
+from worker.bundle import load_bundle
+from worker.results import remove_tree
 
 log = logging.getLogger("maskd.worker")
 
@@ -37,7 +38,9 @@ MAX_ATTEMPTS = 2
 
 # A requester's bundle is unpacked under these, whatever its DAG declares: no
 # links, devices or escaping names (storage.exporter), and no decompression bomb.
-BUNDLE_LIMITS = ExportLimits(max_bytes=4 << 30, max_entries=100_000, max_depth=32)
+MAX_PROGRAM_BYTES = 64 << 20  # program.wasm
+MAX_SPEC_BYTES = 1 << 20  # job.json
+BUNDLE_LIMITS = ExportLimits.for_tree(max_bytes=4 << 30, max_entries=100_000, max_depth=32)
 
 
 class WasmWorker:
@@ -162,15 +165,18 @@ class WasmWorker:
         terms = agreement.terms
         base = self._dir(job_id)
         try:
-            job = json.loads((bundle / "job.json").read_text())
-            module = (bundle / "program.wasm").read_bytes()
-        except (OSError, ValueError) as exc:
-            return pv.failed_outcome("bad_bundle", f"the job bundle is unusable: {exc}")
+            # a requester's files: opened without following links, sizes and
+            # shapes checked before they are read (worker.bundle)
+            job = await trio.to_thread.run_sync(
+                lambda: load_bundle(
+                    bundle, max_program_bytes=MAX_PROGRAM_BYTES, max_spec_bytes=MAX_SPEC_BYTES
+                )
+            )
+        except JobError as exc:
+            return pv.failed_outcome(exc.code, exc.message)
         out = base / "result" / "out"
-        if out.parent.exists():
-            shutil.rmtree(out.parent)
+        await trio.to_thread.run_sync(remove_tree, out.parent)
         out.mkdir(parents=True)
-        in_dir = bundle / "in"
         limits = WasmLimits(
             memory_bytes=max(1, terms.memory_mb) << 20,
             max_fuel=terms.max_fuel or None,
@@ -180,9 +186,9 @@ class WasmWorker:
         try:
             result = await trio.to_thread.run_sync(
                 lambda: run_wasm(
-                    module,
-                    list(job.get("args", [])),
-                    in_dir if in_dir.exists() else None,
+                    job.module,
+                    list(job.args),
+                    job.in_dir,
                     out,
                     limits,
                     token,
@@ -196,12 +202,17 @@ class WasmWorker:
             token.cancel()  # the thread stops at its next epoch tick
             raise
         logs = base / "result"
+        if result.output_error is not None:
+            # /out broke a limit (too big, too many entries, too deep, a link, a
+            # special file): it is never imported; the result carries the logs only
+            await trio.to_thread.run_sync(_empty_dir, out)
         for name, path in (("stdout.log", result.stdout_path), ("stderr.log", result.stderr_path)):
             if path and Path(path).exists():
                 shutil.copyfile(path, logs / name)
         u = result.usage
-        error_code = result.error.code if result.error else ""
-        error_message = result.error.message if result.error else ""
+        error = result.error or result.output_error
+        error_code = error.code if error else ""
+        error_message = error.message if error else ""
         if not error_code and result.exit_code not in (0, None):
             error_code = "nonzero_exit"
             error_message = f"the program exited with code {result.exit_code} (see its stderr)"
@@ -228,8 +239,13 @@ class WasmWorker:
         result = base / "result"
         await trio.to_thread.run_sync(lambda: result.mkdir(parents=True, exist_ok=True))
         cid = await self.payloads.files.add(result, "result")
-        await trio.to_thread.run_sync(shutil.rmtree, base, True)
+        await trio.to_thread.run_sync(remove_tree, base)
         return cid
+
+
+def _empty_dir(path: Path) -> None:
+    remove_tree(path)
+    path.mkdir()
 
 
 def _sha256(path) -> bytes:

@@ -78,6 +78,16 @@ class ExportLimits:
     max_depth: int = 64
     max_blocks: int = 1 << 23
 
+    @classmethod
+    def for_tree(cls, *, max_bytes: int, max_entries: int, max_depth: int) -> ExportLimits:
+        """Limits for a tree of at most that size, with ``max_blocks`` to match: two
+        blocks per 256 KiB chunk of data and per entry, plus slack (``max_blocks``
+        also bounds how many CAR sections are indexed in memory)."""
+        blocks = 2 * (max_bytes // (256 << 10)) + 2 * max_entries + 64
+        return cls(
+            max_bytes=max_bytes, max_entries=max_entries, max_depth=max_depth, max_blocks=blocks
+        )
+
     def __post_init__(self) -> None:
         _check_limit("max_bytes", self.max_bytes, 0)
         _check_limit("max_entries", self.max_entries, 1)

@@ -158,3 +158,68 @@ def test_a_failing_node_task_is_restarted_and_the_node_keeps_offering(cluster, t
     other = cluster.node("other", bootstrap=[node.addrs[0]], extra_args=REQUESTER)
     linked(other, node)  # the restarted loop published the offer
     assert node.alive()
+
+
+# ------------------------------------------------------------ hostile jobs
+
+
+def _program(tmp: Path, name: str, wasm: bytes) -> Path:
+    path = tmp / f"{name}.wat"
+    path.write_bytes(wasm)
+    return path
+
+
+def _hostile_programs(tmp: Path) -> dict[str, tuple[Path, set[str]]]:
+    """name -> (program, the error codes it must end with). In the daemon /in is
+    fd 3 and /out fd 4 (the unit tests' programs assume no /in: fd 3)."""
+    from tests.unit import test_worker_outputs as outputs
+    from tests.unit.test_worker_wasm_waits import sleep_for
+
+    saved, outputs.OUT_FD = outputs.OUT_FD, 4
+    try:
+        sparse = outputs.job(
+            "(local.set $fd (call $open (i32.const 4) (i32.const 3)"
+            f" (i32.const {outputs.O_CREAT}) (i64.const {(1 << 22) | outputs.RIGHT_WRITE})))"
+            "(drop (call $set_size (local.get $fd) (i64.const 2147483648)))",
+            data='(data (i32.const 1024) "big")',
+        )
+        return {
+            "nest600": (_program(tmp, "nest", outputs.nested(600)), {"output_too_deep"}),
+            "files20k": (
+                _program(tmp, "files", outputs.files(20_000)),
+                {"output_too_many_entries"},
+            ),
+            "sparse2g": (_program(tmp, "sparse", sparse), {"output_too_large"}),
+            "sleep1h": (_program(tmp, "sleep", sleep_for(3600 * 10**9)), {"timeout"}),
+        }
+    finally:
+        outputs.OUT_FD = saved
+
+
+def test_hostile_jobs_fail_alone_and_the_provider_keeps_serving(cluster, tmp_path):
+    provider = cluster.node("provider", extra_args=PROVIDER)
+    requester = cluster.node("requester", bootstrap=[provider.addrs[0]], extra_args=REQUESTER)
+    linked(requester, provider)
+    programs = _hostile_programs(tmp_path)
+    ids: dict[str, str] = {}
+    for name, (program, _) in programs.items():
+        # time enough to write 10,000 files (slow through WASI), little to sleep
+        spec = job_toml(tmp_path, name, program, max_seconds=60 if name == "files20k" else 3)
+        ids[name] = submit(requester, spec)
+    # 24 jobs that sleep in poll_oneoff: each used to keep a thread (and a slot of
+    # trio's default limiter) for good; 20 froze the provider
+    sleeper = job_toml(tmp_path, "sleepers", programs["sleep1h"][0], max_seconds=2)
+    sleepers = [submit(requester, sleeper) for _ in range(24)]
+    done = wait_done(requester, [*ids.values(), *sleepers], 180)
+    for name, job_id in ids.items():
+        row = done[job_id]
+        assert row["state"] == "failed", (name, row)
+        assert row["error"]["code"] in programs[name][1], (name, row["error"])
+    assert {done[j]["error"]["code"] for j in sleepers} == {"timeout"}
+    # nothing a hostile job left was imported: the provider's results are small
+    results = provider.data_dir / "jobs" / "private" / "results"
+    stored = sum(p.stat().st_size for p in results.glob("*.car"))
+    assert stored < 10 << 20, stored
+    assert not provider.call("v1.node.info")["task_failures"]
+    row = run_one(requester, hello(tmp_path, "after"))
+    assert row["state"] == "completed", row["error"]
