@@ -253,9 +253,8 @@ class Node:
             else:
                 assert isinstance(ev, OfferRemoved)
                 kind = "offer.expired" if ev.reason == "expired" else "offer.withdrawn"
-                if ev.reason != "withdrawn":
-                    # let the publisher's next offer in even if its seq restarted
-                    self.validator.forget(ev.offer.peer_id)
+                # The validator's replay state outlives the offer (p2p/validation.py):
+                # forgetting it here let a departed publisher's still-valid offer back in.
             payload = {"type": kind, "peer_id": ev.offer.peer_id, "offer": offer_json(ev.offer)}
             if isinstance(ev, OfferRemoved):
                 payload["reason"] = ev.reason

@@ -10,13 +10,14 @@ says what each verdict means). No clock reads: ``now`` is passed in.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from protocol.codec import decode_body
 from protocol.identity import verify_identity_record
 from protocol.messages import KNOWN_EXECUTORS, OfferWithdrawal, ResourceOffer
 from protocol.pipeline import GossipPipeline
-from protocol.verdict import Outcome, Reason
+from protocol.verdict import Outcome, Reason, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,21 +31,49 @@ class ValidationLimits:
 
 
 class GossipValidator(GossipPipeline[ResourceOffer | OfferWithdrawal, str]):
-    """Offers and withdrawals. Replay state is the highest seq per publisher;
-    the node calls ``forget(peer_id)`` when an offer lapses."""
+    """Offers and withdrawals. Replay state is the highest seq per publisher.
+
+    It is kept for as long as anything accepted from that publisher is still
+    valid, whether or not its offer is still in the book: a publisher that
+    departs (disconnects from us) leaves signed offers in the mesh, and a
+    relayed or replayed copy must be a DUPLICATE (or STALE_SEQ), not a way back
+    into the book. Once everything it sent has expired the state goes, so a
+    publisher whose seq started over is heard again. Bounded: at most
+    ``seen_cache_size`` publishers, least recently heard forgotten first.
+    """
 
     carries = (ResourceOffer, OfferWithdrawal)
     limits: ValidationLimits
 
     def __init__(self, limits: ValidationLimits = ValidationLimits()):
         super().__init__(limits)
+        # publisher -> the latest expiry of anything accepted from it (LRU order)
+        self._valid_until: OrderedDict[str, float] = OrderedDict()
 
     def validate(  # type: ignore[override]
         self, data: bytes, *, source: str, topic_kind: str, now: float
     ) -> Outcome[ResourceOffer | OfferWithdrawal]:
         """``topic_kind`` is the mesh's name for the topic; a body of a kind the
         offers topic does not carry is WRONG_TOPIC whatever it says."""
-        return super().validate(data, source=source, now=now)
+        # an accepted message's publisher is its source: the pipeline checks that
+        until = self._valid_until.get(source)
+        if until is not None and until <= now:
+            self.forget(source)
+        outcome = super().validate(data, source=source, now=now)
+        if outcome.verdict is Verdict.ACCEPT and outcome.message is not None:
+            expires = outcome.message.expires_at
+            self._valid_until[source] = max(expires, self._valid_until.pop(source, expires))
+            while len(self._valid_until) > self.limits.seen_cache_size:
+                self._valid_until.popitem(last=False)
+        return outcome
+
+    def forget(self, key: str) -> None:
+        super().forget(key)
+        self._valid_until.pop(key, None)
+
+    def tracked_publishers(self) -> int:
+        """How many publishers' replay state is kept (at most ``seen_cache_size``)."""
+        return len(self._highest_seq)
 
     # --- the pipeline's hooks ----------------------------------------------
 

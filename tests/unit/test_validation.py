@@ -150,3 +150,55 @@ def test_count_drop_records_reasons_decided_outside_the_pipeline():
     v = GossipValidator()
     v.count_drop(Reason.GARBAGE_FRAME)
     assert v.drops["garbage_frame"] == 1
+
+
+def _node_emitting_to(validator):
+    """The node's book-event handler (``Node._emit``) on a node with nothing but
+    a validator: what the node does to replay state when an offer leaves."""
+    from types import SimpleNamespace
+
+    import trio
+
+    from maskd.events import EventBus
+    from maskd.node import Node
+
+    node = SimpleNamespace(validator=validator, events=EventBus(), _book_changed=trio.Event())
+    return lambda events: Node._emit(node, events)
+
+
+def test_a_departed_publishers_old_offer_relayed_again_does_not_reenter_the_book():
+    from scheduler.offer_book import OfferBook
+
+    v, book = GossipValidator(), OfferBook()
+    emit = _node_emitting_to(v)
+    data = A.sign(A.offer(seq=5))  # valid for 60 s
+    _, out = check(data, validator=v)
+    emit(book.apply(out.message, NOW))
+    emit(book.peer_departed(A.peer_id))  # A disconnects from us; its offer is still valid
+    _, again = check(data, validator=v, now=NOW + 10)  # a relayed (or replayed) copy
+    assert (again.verdict, again.reason) == (Verdict.IGNORE, Reason.DUPLICATE)
+    assert v.drops["duplicate"] == 1 and len(book) == 0
+    _, older = check(A.sign(A.offer(seq=4)), validator=v, now=NOW + 10)
+    assert older.reason is Reason.STALE_SEQ
+    # A's next offer gets in, as before
+    _, newer = check(A.sign(A.offer(seq=6, now=NOW + 20)), validator=v, now=NOW + 20)
+    assert newer.verdict is Verdict.ACCEPT
+
+
+def test_replay_state_lasts_until_everything_the_publisher_sent_has_expired():
+    v = GossipValidator()
+    check(A.sign(A.offer(seq=5, ttl=60)), validator=v)
+    check(A.sign(A.offer(seq=6, ttl=30)), validator=v)  # a shorter-lived later offer
+    old_long_lived = A.sign(A.offer(seq=5, ttl=60))
+    _, out = check(old_long_lived, validator=v, now=NOW + 45)
+    assert out.reason is Reason.STALE_SEQ  # seq 6 has lapsed, seq 5 has not: still known
+    # once all of it has expired a restarted publisher whose seq started over gets in
+    _, out = check(A.sign(A.offer(seq=1, now=NOW + 61)), validator=v, now=NOW + 61)
+    assert out.verdict is Verdict.ACCEPT
+
+
+def test_replay_state_is_bounded():
+    v = GossipValidator(ValidationLimits(seen_cache_size=2))
+    for peer in (A, B, Peer(3)):
+        check(peer.sign(peer.offer()), source=peer.peer_id, validator=v)
+    assert v.tracked_publishers() == 2
