@@ -3,9 +3,17 @@
 Two clients with one API: ``Client`` (synchronous, a plain ``socket``; for the
 CLI, scripts and notebooks) and ``TrioClient`` (for trio programs). Both map
 failures at this boundary onto the error tree, so callers handle exactly two
-things: ``DaemonUnavailable`` (nothing answers, or it went away or is stuck)
-and ``RpcError`` (the daemon answered with an error; ``code`` and ``hint``
-come from the error's ``data``).
+things: ``DaemonUnavailable`` (nothing answers, or it went away, is stuck, or
+is busy: ``code`` says which) and ``RpcError`` (the daemon answered with an
+error; ``code`` and ``hint`` come from the error's ``data``).
+
+The daemon closes a connection that has been idle for a while (60 s by
+default) and says so with an ``idle_timeout`` error; it reads no request
+after that, so a call that meets it reconnects and sends its request again,
+once. A daemon at its connection limit answers ``rpc_busy`` on accept:
+that is ``DaemonUnavailable`` with code ``daemon_busy``, not "stopped".
+Answers nested deeper than ``MAX_RESPONSE_NESTING`` are refused before
+decoding (``RpcError``, code ``response_too_deep``).
 
 A ``watch()`` uses a connection of its own, because a stream occupies its
 connection until it ends; the client stays usable for calls meanwhile.
@@ -26,18 +34,26 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import msgspec
 import trio
 
 from maskd.paths import find_socket
-from maskd.rpc import LineFramer, LineTooLong, encode_message, error_from_response
-from protocol.errors import DaemonUnavailable
+from maskd.rpc import (
+    INTERNAL_ERROR,
+    LineFramer,
+    LineTooLong,
+    encode_message,
+    error_from_response,
+)
+from protocol.codec import DECODE_ERRORS, NestingTooDeep, decode_json
+from protocol.errors import DaemonUnavailable, RpcError
 
 __all__ = ["Client", "TrioClient", "DEFAULT_TIMEOUT", "daemon_unavailable"]
 
 DEFAULT_TIMEOUT = 10.0
 # Answers can be big (a mesh's offer book); requests are small.
 MAX_RESPONSE_BYTES = 64 << 20
+# Answers nest a few levels (a job, its usage, its error); 128 leaves room.
+MAX_RESPONSE_NESTING = 128
 _RECV_BYTES = 65536
 
 
@@ -72,6 +88,23 @@ def _gone(path: Path) -> DaemonUnavailable:
     )
 
 
+def _busy(path: Path, message: str) -> DaemonUnavailable:
+    return DaemonUnavailable(
+        f"maskd at {path} is busy: {message}",
+        hint="close other mask clients (mask top, mask job --follow, scripts) or retry shortly",
+        code="daemon_busy",
+    )
+
+
+def _too_deep(path: Path) -> RpcError:
+    return RpcError(
+        f"maskd at {path} sent an answer nested deeper than {MAX_RESPONSE_NESTING} levels",
+        rpc_code=INTERNAL_ERROR,
+        code="response_too_deep",
+        hint="the daemon relayed something malformed; check its log",
+    )
+
+
 def _timed_out(path: Path, method: str, timeout: float) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"maskd at {path} did not answer {method} within {timeout:g} s",
@@ -93,13 +126,56 @@ class _Calls:
         return req_id, encode_message(message)
 
 
+class _Retry(Exception):
+    """The daemon closed this connection for idling before it read our request."""
+
+
+_TOO_DEEP: dict[str, Any] = {}  # _decode's answer for a line nested too deep
+
+
 def _decode(line: bytes) -> dict[str, Any] | None:
-    """One message from the daemon; None for anything that is not an object."""
+    """One message from the daemon; None for anything that is not an object.
+
+    A line nested too deep is ``_TOO_DEEP``: a call cannot tell whether it
+    was its answer, so it fails; a watch skips it.
+    """
     try:
-        message = msgspec.json.decode(line)
-    except msgspec.DecodeError:
+        message = decode_json(line, max_depth=MAX_RESPONSE_NESTING)
+    except NestingTooDeep:
+        return _TOO_DEEP
+    except DECODE_ERRORS:
         return None
     return message if isinstance(message, dict) else None
+
+
+def _is_connection_error(message: dict[str, Any]) -> bool:
+    """An unasked error with ``"id": null``: about the connection, or about a
+    request the daemon could not read (so, on a call's connection, ours)."""
+    return "id" in message and message["id"] is None and message.get("error") is not None
+
+
+def _raise_connection_error(path: Path, message: dict[str, Any]) -> None:
+    """Raise what an ``id: null`` error means: _Retry, busy, or the RpcError itself."""
+    error = error_from_response(message["error"])
+    if error.code == "idle_timeout":
+        raise _Retry
+    if error.code == "rpc_busy":
+        raise _busy(path, error.message)
+    raise error
+
+
+def _reply(path: Path, message: dict[str, Any], req_id: int) -> tuple[bool, Any]:
+    """What ``message`` means to a call waiting for ``req_id``: (is it the answer, result).
+
+    Raises the answer's RpcError, a connection-level error, or _Retry.
+    """
+    if message is _TOO_DEEP:
+        raise _too_deep(path)
+    if message.get("id") == req_id:
+        return True, _answer(message)
+    if _is_connection_error(message):
+        _raise_connection_error(path, message)
+    return False, None  # a late answer to a call that timed out earlier
 
 
 def _answer(message: dict[str, Any]) -> Any:
@@ -137,20 +213,38 @@ class Client:
         self, method: str, params: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
     ) -> Any:
         """Call ``method`` and return its result; raises RpcError/DaemonUnavailable."""
-        req_id, request = self._calls.request(method, params)
         deadline = time.monotonic() + timeout
         try:
-            self._sock.settimeout(timeout)
-            self._sock.sendall(request)
-            while True:
-                message = self._next_message(deadline)
-                if message.get("id") == req_id:
-                    return _answer(message)
-                # else: a late answer to a call that timed out earlier.
+            try:
+                return self._exchange(method, params, deadline)
+            except _Retry:
+                self._reconnect(timeout)
+            try:
+                return self._exchange(method, params, deadline)
+            except _Retry:
+                raise _gone(self.socket_path) from None
         except TimeoutError:
             raise _timed_out(self.socket_path, method, timeout) from None
         except OSError as exc:
             raise _gone(self.socket_path) from exc
+
+    def _exchange(self, method: str, params: dict[str, Any] | None, deadline: float) -> Any:
+        req_id, request = self._calls.request(method, params)
+        self._sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            self._sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the daemon: what it said before closing is still readable
+        while True:
+            done, result = _reply(self.socket_path, self._next_message(deadline), req_id)
+            if done:
+                return result
+
+    def _reconnect(self, timeout: float) -> None:
+        self._sock.close()
+        self._sock = _open_socket(self.socket_path, timeout)
+        self._framer = LineFramer(MAX_RESPONSE_BYTES)
+        self._lines.clear()
 
     def watch(self, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Yield the ``params`` of each ``v1.watch`` notification, until the stream ends.
@@ -161,16 +255,21 @@ class Client:
         try:
             req_id, request = watcher._calls.request("v1.watch", params)
             try:
-                watcher._sock.sendall(request)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    watcher._sock.sendall(request)
                 watcher._sock.settimeout(None)
                 while True:
                     message = watcher._next_message(math.inf)
+                    if message is _TOO_DEEP:
+                        continue  # an event we cannot read; the stream goes on
                     if _is_notification(message):
                         yield message.get("params") or {}
                     elif message.get("id") == req_id:
                         _answer(message)
                         return
-            except OSError as exc:
+                    elif _is_connection_error(message):
+                        _raise_connection_error(self.socket_path, message)
+            except (OSError, _Retry) as exc:
                 raise _gone(self.socket_path) from exc
         finally:
             watcher.close()
@@ -259,18 +358,36 @@ class TrioClient:
         self, method: str, params: dict[str, Any] | None = None, timeout: float = DEFAULT_TIMEOUT
     ) -> Any:
         async with self._lock:
-            req_id, request = self._calls.request(method, params)
             try:
                 with trio.fail_after(timeout):
-                    await self._stream.send_all(request)
-                    while True:
-                        message = await self._next_message()
-                        if message.get("id") == req_id:
-                            return _answer(message)
+                    try:
+                        return await self._exchange(method, params)
+                    except _Retry:
+                        await self._reconnect()
+                    try:
+                        return await self._exchange(method, params)
+                    except _Retry:
+                        raise _gone(self.socket_path) from None
             except trio.TooSlowError:
                 raise _timed_out(self.socket_path, method, timeout) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise _gone(self.socket_path) from exc
+
+    async def _exchange(self, method: str, params: dict[str, Any] | None) -> Any:
+        req_id, request = self._calls.request(method, params)
+        with contextlib.suppress(trio.BrokenResourceError):
+            # Closed by the daemon: what it said before closing is still readable.
+            await self._stream.send_all(request)
+        while True:
+            done, result = _reply(self.socket_path, await self._next_message(), req_id)
+            if done:
+                return result
+
+    async def _reconnect(self) -> None:
+        await self.close()
+        self._stream = await _open_stream(self.socket_path)
+        self._framer = LineFramer(MAX_RESPONSE_BYTES)
+        self._lines.clear()
 
     async def watch(self, params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Yield the ``params`` of each notification until the stream ends."""
@@ -278,15 +395,20 @@ class TrioClient:
         try:
             req_id, request = watcher._calls.request("v1.watch", params)
             try:
-                await watcher._stream.send_all(request)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await watcher._stream.send_all(request)
                 while True:
                     message = await watcher._next_message()
+                    if message is _TOO_DEEP:
+                        continue  # an event we cannot read; the stream goes on
                     if _is_notification(message):
                         yield message.get("params") or {}
                     elif message.get("id") == req_id:
                         _answer(message)
                         return
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    elif _is_connection_error(message):
+                        _raise_connection_error(self.socket_path, message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, _Retry) as exc:
                 raise _gone(self.socket_path) from exc
         finally:
             with trio.CancelScope(shield=True):

@@ -8,12 +8,21 @@ handler returned, an ``error`` when it raised). A stream occupies its
 connection until it ends; clients open another connection for calls.
 
 Why the shape below: the daemon must survive anything a local client sends
-(garbage, huge lines, vanishing mid-stream), so every connection is bounded
-(line size, outbound queue, number of connections) and every failure becomes a
-JSON-RPC error, never an exception that escapes into the node's nursery. Each
-connection has exactly one writer task, so lines never interleave.
+(garbage, huge lines, nesting bombs, vanishing mid-stream, connecting and
+never speaking), so every connection is bounded (line size, nesting depth,
+outbound queue, idle time, time stuck writing, number of connections) and
+every failure becomes a JSON-RPC error, never an exception that escapes into
+the node's nursery. Each connection has exactly one writer task, so lines
+never interleave.
 
-Error codes: -32700 parse error, -32600 invalid request (also "request too
+Connection-level errors carry ``"id": null`` and come unasked: ``rpc_busy``
+(too many connections; sent on accept, then the connection is closed) and
+``idle_timeout`` (no request for ``idle_timeout`` seconds while no stream
+runs; the connection is then closed and no request after it was read, so a
+client may resend). A connection whose client reads nothing for
+``idle_timeout`` seconds while the daemon has a line to write is closed too.
+
+Error codes: -32700 parse error (also "nested too deep"), -32600 invalid request (also "request too
 large", which closes the connection), -32601 method not found, -32602 invalid
 params, -32603 internal error (logged), -32000 a ``MaskError`` raised by a
 handler. Errors carry ``data: {"code": <snake_case>, "hint": <str|null>}``.
@@ -26,6 +35,7 @@ import contextlib
 import errno
 import importlib.metadata
 import logging
+import math
 import os
 import socket
 import stat
@@ -37,6 +47,7 @@ from typing import Any
 import msgspec
 import trio
 
+from protocol.codec import DECODE_ERRORS, MAX_NESTING, NestingTooDeep, decode_json
 from protocol.errors import MaskError, RpcError
 
 __all__ = [
@@ -47,6 +58,8 @@ __all__ = [
     "INTERNAL_ERROR",
     "SERVER_ERROR",
     "DEFAULT_MAX_LINE_BYTES",
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_NESTING",
     "LineFramer",
     "LineTooLong",
     "RpcServer",
@@ -70,6 +83,11 @@ SERVER_ERROR = -32000
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 DEFAULT_MAX_CONNECTIONS = 64
+# A connection with no request for this long (and no stream running) is
+# closed, so idle clients cannot hold every slot.
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+# Requests are flat objects of named params: 64 levels is generous.
+DEFAULT_MAX_NESTING = MAX_NESTING
 # Outbound messages queued per connection before a stream handler's send()
 # blocks: a slow reader slows its own stream, never the daemon's memory.
 OUTBOX_CAPACITY = 64
@@ -191,15 +209,27 @@ def _invalid(req_id: Any, message: str, rpc_code: int = INVALID_REQUEST) -> _Rej
     return _Reject(_error(req_id, rpc_code, message, code=code))
 
 
-def _parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
+def _parse_request(
+    line: bytes, max_nesting: int = DEFAULT_MAX_NESTING
+) -> tuple[Any, str, dict[str, Any]]:
     """Validate one line as a request: (id or _NO_ID, method, params).
 
     Raises _Reject with the error response, or with None where JSON-RPC says a
     notification gets no answer even when it is wrong.
     """
     try:
-        message = msgspec.json.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a string that is not UTF-8
+        message = decode_json(line, max_depth=max_nesting)
+    except NestingTooDeep as exc:
+        raise _Reject(
+            _error(
+                None,
+                PARSE_ERROR,
+                f"Parse error: {exc.message}",
+                code="request_too_deep",
+                hint="requests are objects of named params; send data by path or CID",
+            )
+        ) from None
+    except DECODE_ERRORS as exc:  # UnicodeDecodeError: a string that is not UTF-8
         raise _Reject(
             _error(None, PARSE_ERROR, f"Parse error: {exc}", code="parse_error")
         ) from None
@@ -234,10 +264,23 @@ def _parse_request(line: bytes) -> tuple[Any, str, dict[str, Any]]:
 class _Connection:
     """Per-connection state shared by its reader, dispatcher and writer."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream, idle_timeout: float) -> None:
         self.stream = stream
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[bytes](OUTBOX_CAPACITY)
         self.stream_scope: trio.CancelScope | None = None
+        self.idle_timeout = idle_timeout
+        # The reader's wait for the next request; its deadline is the idle deadline.
+        self.waiting: trio.CancelScope | None = None
+        self.idle_deadline = math.inf
+
+    def restart_idle_clock(self) -> None:
+        """After a request, and when a stream ends: idle from now, unless a stream runs."""
+        if self.stream_scope is None:
+            self.idle_deadline = trio.current_time() + self.idle_timeout
+        else:
+            self.idle_deadline = math.inf
+        if self.waiting is not None:
+            self.waiting.deadline = self.idle_deadline
 
 
 class _ClientGone(Exception):
@@ -263,11 +306,17 @@ class RpcServer:
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_nesting: int = DEFAULT_MAX_NESTING,
         version: str | None = None,
     ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
         self.socket_path = Path(socket_path)
         self.max_line_bytes = max_line_bytes
         self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.max_nesting = max_nesting
         self.version = version or maskd_version()
         self._handlers: dict[str, UnaryHandler] = dict(handlers or {})
         self._streams: dict[str, StreamHandler] = dict(streams or {})
@@ -299,7 +348,7 @@ class RpcServer:
         listener, inode = self._bind()
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(trio.serve_listeners, self._handle_connection, [listener])
+                await nursery.start(trio.serve_listeners, self.handle_stream, [listener])
                 log.info("rpc listening on %s", self.socket_path)
                 task_status.started(self.socket_path)
         finally:
@@ -382,13 +431,18 @@ class RpcServer:
 
     # -- connections --
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connected client until it leaves or is closed; then close it.
+
+        ``serve()`` calls this for each connection; tests hand it one end of a
+        ``trio.testing.memory_stream_pair()``.
+        """
         if self._active_connections >= self.max_connections:
             await self._refuse(stream)
             return
         self._active_connections += 1
         try:
-            conn = _Connection(stream)
+            conn = _Connection(stream, self.idle_timeout)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_loop, conn, nursery.cancel_scope)
                 with conn.outbox_send:
@@ -401,7 +455,7 @@ class RpcServer:
             with trio.CancelScope(shield=True), contextlib.suppress(trio.BrokenResourceError):
                 await stream.aclose()
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
         response = _error(
             None,
             SERVER_ERROR,
@@ -416,24 +470,53 @@ class RpcServer:
             await stream.aclose()
 
     async def _write_loop(self, conn: _Connection, connection_scope: trio.CancelScope) -> None:
-        """The only task that writes to this connection."""
+        """The only task that writes to this connection.
+
+        A client that reads nothing for ``idle_timeout`` while we have a line
+        for it is gone as far as we are concerned: otherwise it would hold its
+        slot (and a handler) forever.
+        """
         async with conn.outbox_receive:
             async for line in conn.outbox_receive:
-                try:
-                    await conn.stream.send_all(line)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    log.debug("rpc client went away while we were writing")
+                with trio.move_on_after(self.idle_timeout) as stuck:
+                    try:
+                        await conn.stream.send_all(line)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        log.debug("rpc client went away while we were writing")
+                        connection_scope.cancel()
+                        return
+                if stuck.cancelled_caught:
+                    log.info("rpc client read nothing for %g s; closing it", self.idle_timeout)
                     connection_scope.cancel()
                     return
 
     async def _read_loop(self, conn: _Connection, nursery: trio.Nursery) -> None:
         """Read lines and handle them in order; streams run beside the reader."""
         framer = LineFramer(self.max_line_bytes)
+        conn.restart_idle_clock()
         while True:
-            try:
-                data = await conn.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            # Only whole requests restart the idle clock: a client dripping
+            # one byte a minute is idle too.
+            with trio.CancelScope(deadline=conn.idle_deadline) as waiting:
+                conn.waiting = waiting
+                try:
+                    data = await conn.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+            conn.waiting = None
+            if waiting.cancelled_caught:
+                await conn.outbox_send.send(
+                    encode_message(
+                        _error(
+                            None,
+                            SERVER_ERROR,
+                            f"closing an idle connection (no request for {self.idle_timeout:g} s)",
+                            code="idle_timeout",
+                            hint="connect again; maskd.client does so by itself",
+                        )
+                    )
+                )
+                break
             if not data:
                 tail = framer.finish()
                 if tail is not None and conn.stream_scope is None:
@@ -457,13 +540,14 @@ class RpcServer:
             for line in lines:
                 if line.strip():
                     await self._handle_line(conn, line, nursery)
+                    conn.restart_idle_clock()
         # The client is gone (or must go): a stream has nobody left to feed.
         if conn.stream_scope is not None:
             conn.stream_scope.cancel()
 
     async def _handle_line(self, conn: _Connection, line: bytes, nursery: trio.Nursery) -> None:
         try:
-            req_id, method, params = _parse_request(line)
+            req_id, method, params = _parse_request(line, self.max_nesting)
         except _Reject as reject:
             if reject.response is not None:
                 await conn.outbox_send.send(encode_message(reject.response))
@@ -550,6 +634,7 @@ class RpcServer:
             except Exception as exc:
                 response = self._error_for(req_id, method, exc)
         conn.stream_scope = None
+        conn.restart_idle_clock()
         if scope.cancelled_caught:
             log.debug("rpc %s: stream ended because the client went away", method)
             return
