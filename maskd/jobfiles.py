@@ -33,7 +33,8 @@ from pathlib import Path
 import trio
 
 from maskd.retention import Area, Deletion, JobRef, RetentionPolicy, StoredFile, plan_sweep
-from scheduler.store import JobStore
+from protocol.supervisor import Supervisor
+from scheduler.async_store import ThreadedStore
 from storage.carfile import write_path_car
 
 log = logging.getLogger("maskd.jobs")
@@ -299,14 +300,16 @@ class Sweeper:
         self,
         jobs_dir: Path,
         files: PrivateFiles,
-        store: JobStore,
+        store: ThreadedStore,
         cache: BundleCache,
         policy: RetentionPolicy,
         *,
         clock: Callable[[], float] = time.time,
         interval_s: float = SWEEP_INTERVAL_S,
         scan: Callable[[], Awaitable[list[StoredFile]]] | None = None,
+        supervisor: Supervisor | None = None,
     ):
+        self.supervisor = supervisor
         self.jobs_dir = jobs_dir
         self.files = files
         self.store = store
@@ -322,6 +325,12 @@ class Sweeper:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.sweep()  # what a crash left goes before the services start
         task_status.started()
+        if self.supervisor is None:
+            await self._loop()
+        else:  # anything else that goes wrong restarts the loop, not the node
+            await self.supervisor.keep_running("sweep_loop", self._loop)
+
+    async def _loop(self) -> None:
         while True:
             await trio.sleep(self.interval_s)
             try:

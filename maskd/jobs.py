@@ -95,6 +95,7 @@ class Jobs:
                 bundle_s=cfg.jobs.bundle_retention_h * 3600,
             ),
             clock=clock,
+            supervisor=node.supervisor,
         )
         self.payload_server = PayloadServer(
             store_authorizer(self.async_store, self.private),

@@ -104,6 +104,7 @@ class Node:
             ),
             clock=clock,
             topics={OFFERS_TOPIC: "offers", BIDS_TOPIC: "bids"},
+            supervisor=self.supervisor,
         )
         self.offer_id = hashlib.sha256(
             f"{identity.peer_id}:{self.started_at}:{os.getpid()}".encode()
@@ -128,6 +129,7 @@ class Node:
             storage_mb=config.offers.storage_mb if self.sells else 0,
             price_gb_hour=config.offers.prices.storage_gb_hour,
             clock=clock,
+            supervisor=self.supervisor,
         )
         self.mesh.set_stream_handler(BLOCKS_PROTOCOL, self.storage.handle_stream)
         from maskd.jobs import Jobs

@@ -20,6 +20,7 @@ Choices, each because the library's default bites:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -53,6 +54,7 @@ from p2p import patches
 from p2p.scoring import Ban, PeerScores
 from p2p.settings import MeshSettings
 from p2p.validation import GossipValidator
+from protocol.supervisor import Supervisor
 from protocol.verdict import Outcome, Reason, Verdict
 
 log = logging.getLogger("maskd.p2p")
@@ -176,8 +178,11 @@ class Mesh:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         topics: dict[str, str],
+        supervisor: Supervisor | None = None,
     ):
-        """``topics`` maps a gossip topic to the validator's kind for it."""
+        """``topics`` maps a gossip topic to the validator's kind for it; the mesh's
+        loops run under ``supervisor`` (restarted after a failure)."""
+        self.supervisor = supervisor or Supervisor("mesh", logger=log)
         self.settings = settings
         self.validator = validator
         self.handlers = handlers
@@ -268,14 +273,17 @@ class Mesh:
                     await dht_cm.__aenter__()
                 try:
                     self.addrs = [str(a) for a in host.get_addrs()]
+                    keep = self.supervisor.keep_running
                     for topic, sub in subscriptions.items():
-                        nursery.start_soon(self._drain_subscription, topic, sub)
-                    nursery.start_soon(host.get_peerstore().start_cleanup_task, 60)
-                    nursery.start_soon(self._redial_loop)
-                    nursery.start_soon(self._liveness_loop)
-                    nursery.start_soon(self._enforcer_loop)
+                        drain = functools.partial(self._drain_subscription, topic, sub)
+                        nursery.start_soon(keep, f"drain {topic}", drain)
+                    cleanup = functools.partial(host.get_peerstore().start_cleanup_task, 60)
+                    nursery.start_soon(keep, "peerstore_cleanup", cleanup)
+                    nursery.start_soon(keep, "redial_loop", self._redial_loop)
+                    nursery.start_soon(keep, "liveness_loop", self._liveness_loop)
+                    nursery.start_soon(keep, "enforcer_loop", self._enforcer_loop)
                     if self.dht is not None:
-                        nursery.start_soon(self._discovery_loop)
+                        nursery.start_soon(keep, "discovery_loop", self._discovery_loop)
                     self.started.set()
                     task_status.started(self)
                     await trio.sleep_forever()

@@ -35,6 +35,7 @@ import trio
 
 from protocol.blocks import BLOCKS_PROTOCOL
 from protocol.errors import StorageError
+from protocol.supervisor import Supervisor
 from storage.blockstore import BlockStore
 from storage.cid import canonical
 from storage.crypto import encrypt_stream
@@ -91,7 +92,9 @@ class StorageService:
         clock: Callable[[], float] = time.time,
         fsync: bool = True,
         kubo_transport=None,
+        supervisor: Supervisor | None = None,
     ) -> None:
+        self.supervisor = supervisor or Supervisor("storage", logger=log)
         self.settings = settings
         self.data_dir = Path(data_dir)
         self.peer_id = peer_id
@@ -146,7 +149,7 @@ class StorageService:
             cid = await self._blocking(self.kubo.probe)
             log.info("IPFS backend at %s computes our CIDs (probe %s)", self.kubo.api, cid)
         task_status.started()
-        await self.replicator.expiry_loop()
+        await self.supervisor.keep_running("pin_expiry_loop", self.replicator.expiry_loop)
 
     async def handle_stream(self, stream) -> None:
         """The libp2p handler for ``/mask/blocks/1``."""

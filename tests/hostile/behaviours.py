@@ -145,21 +145,35 @@ def provider_result_declares_a_billion_files() -> None:
 # ------------------------------------------------------------ node tasks
 
 
-@behaviour
-def offer_loop_fails_once() -> None:
-    """The node's own offer loop raises once (a bug, a disk error): the supervisor restarts it."""
-    from maskd.node import Node
+def fail_once(target: str) -> Callable[[], None]:
+    """``module:Class.method``, an async method of a long-running task of the node,
+    raises once (a bug, a disk error) the first time it runs; then it is honest."""
+    import importlib
 
-    honest = Node._offer_loop
-    state = {"failed": False}
+    module_name, attr = target.split(":")
+    cls_name, method = attr.split(".")
 
-    async def flaky(self):
-        if not state["failed"]:
-            state["failed"] = True
-            raise RuntimeError("injected failure in the offer loop")
-        await honest(self)
+    def apply() -> None:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        honest = getattr(cls, method)
+        state = {"failed": False}
 
-    Node._offer_loop = flaky
+        async def flaky(self, *args, **kwargs):
+            if not state["failed"]:
+                state["failed"] = True
+                raise RuntimeError(f"injected failure in {attr}")
+            return await honest(self, *args, **kwargs)
+
+        setattr(cls, method, flaky)
+
+    return apply
+
+
+def lookup(name: str) -> Callable[[], None]:
+    """A named behaviour, or ``fail_once:module:Class.method``."""
+    if name.startswith("fail_once:"):
+        return fail_once(name.removeprefix("fail_once:"))
+    return BEHAVIOURS[name]
 
 
 def describe() -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.hostile.behaviours import BEHAVIOURS
+from tests.hostile.behaviours import lookup
 
 
 def main(argv: list[str]) -> None:
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     while rest and rest[0] != "maskd.daemon":
         rest.pop(0)
     args = rest[1:]
-    BEHAVIOURS[name]()
+    lookup(name)()
     from maskd.daemon import main as daemon_main
 
     daemon_main(args=args, prog_name="maskd")
