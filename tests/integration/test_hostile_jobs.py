@@ -48,6 +48,19 @@ def tree_bytes(root: Path) -> bytes:
     return out
 
 
+def requester_still_served(cluster, requester: DevNode, attacker: DevNode, tmp: Path) -> None:
+    """The attacker leaves; an honest provider joins; the victim's next job completes."""
+    attacker.stop()
+    provider = cluster.node("honest", bootstrap=[requester.addrs[0]], extra_args=PROVIDER)
+    linked(requester, provider)
+    wait_until(
+        lambda: attacker.peer_id not in offers_seen(requester), 60, "the attacker's offer to go"
+    )
+    row = run_one(requester, hello(tmp, "after"))
+    assert row["state"] == "completed", row["error"]
+    assert row["provider"] == provider.peer_id
+
+
 def honest_job_still_runs(cluster, provider: DevNode, tmp: Path) -> None:
     honest = cluster.node("honest", bootstrap=[provider.addrs[0]], extra_args=REQUESTER)
     linked(honest, provider)
@@ -118,6 +131,7 @@ def test_a_result_with_links_shows_no_file_of_the_requester(cluster, tmp_path):
     if dest.exists():
         assert not any(Path(d, f).is_symlink() for d, _, fs in os.walk(dest) for f in fs)
     assert requester.alive(), requester.stderr_tail()
+    requester_still_served(cluster, requester, attacker, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +157,7 @@ def test_a_result_bomb_is_refused_before_it_fills_the_disk(cluster, tmp_path, be
     logs = requester.call("v1.jobs.logs", {"job_id": row["job_id"]}, timeout=30)
     assert logs["job_id"] == row["job_id"]
     assert requester.alive(), requester.stderr_tail()
+    requester_still_served(cluster, requester, attacker, tmp_path)
 
 
 # ---------------------------------------------------------- node tasks
