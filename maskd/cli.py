@@ -8,6 +8,9 @@ use ``@pass_state`` and ``state.connect()``), and must not catch
 command below ``main``, to ``error: …`` / ``hint: …`` on stderr and exit 1
 (2 for a ``ConfigError``), with a traceback only under ``--debug``.
 Reads print tables; ``--json`` prints JSON to stdout and nothing else.
+Text that came from the daemon (and so maybe from a peer or a job) is shown
+through ``render.untrusted``/``render.safe_text``: never as markup, never with
+raw escape sequences; error messages included.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ class CliState:
                 raise
             if daemon_version and daemon_version != maskd_version():
                 click.echo(
-                    f"warning: mask {maskd_version()} is talking to maskd {daemon_version}",
+                    f"warning: mask {maskd_version()} is talking to maskd "
+                    + render.safe_text(daemon_version, max_chars=render.CELL_MAX_CHARS),
                     err=True,
                 )
         return client
@@ -71,9 +75,10 @@ def report_error(exc: MaskError, *, debug: bool) -> int:
     """Print a MaskError for people; return the exit code."""
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    click.echo(f"error: {exc.message}", err=True)
+    # A daemon's error may quote a peer or a job: shown, never obeyed.
+    click.echo(f"error: {render.safe_text(exc.message, multiline=True)}", err=True)
     if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+        click.echo(f"hint: {render.safe_text(exc.hint, multiline=True)}", err=True)
     return 2 if isinstance(exc, ConfigError) else 1
 
 

@@ -1,16 +1,26 @@
-"""``mask submit|jobs|job|result|cancel|explain``: jobs from the command line."""
+"""``mask submit|jobs|job|result|cancel|explain``: jobs from the command line.
+
+A job's name, state, error, explanation and logs were written by a requester,
+a provider or the job itself: they are shown through ``render.untrusted`` /
+``render.safe_text`` (never markup, escapes made visible). ``mask job ID
+--logs`` is the exception when stdout is not a terminal: then it writes the
+job's output exactly as it was, for files and pipes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from maskd import render
 from protocol.errors import JobError
 
 pass_state = click.pass_obj  # the group's CliState (see cli_storage for why not imported)
@@ -26,6 +36,28 @@ def _json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _safe(value: Any) -> str:
+    return render.safe_text(value, max_chars=render.CELL_MAX_CHARS)
+
+
+def _field(label: str, value: Any, style: str = "bold") -> Text:
+    """``           state failed``: our label, their value."""
+    return Text.assemble((f"{label:>16}", style), " ", render.untrusted(value, multiline=True))
+
+
+def _clock(at: Any) -> str:
+    if not isinstance(at, int | float) or isinstance(at, bool):
+        return render.DASH
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):
+        return render.DASH
+
+
 def _follow(state, job_id: str, *, quiet: bool, timeout: float | None = None) -> dict:
     """Follow a job's states over v1.watch until it ends; returns the final job."""
     from maskd.client import Client
@@ -33,17 +65,17 @@ def _follow(state, job_id: str, *, quiet: bool, timeout: float | None = None) ->
     job = state.call("v1.jobs.get", {"job_id": job_id})
     last = job["state"]
     if not quiet:
-        click.echo(f"{job_id}  {last}", err=True)
+        click.echo(f"{_safe(job_id)}  {_safe(last)}", err=True)
     if last in TERMINAL:
         return job
     deadline = None if timeout is None else time.monotonic() + timeout
     with Client.connect(state.socket) as client:
         for event in client.watch():
             if event.get("type") == "job.state" and event.get("job_id") == job_id:
-                if event["state"] != last:
-                    last = event["state"]
+                if event.get("state") != last:
+                    last = event.get("state")
                     if not quiet:
-                        click.echo(f"{job_id}  {last}", err=True)
+                        click.echo(f"{_safe(job_id)}  {_safe(last)}", err=True)
                 if last in TERMINAL:
                     break
             if deadline is not None and time.monotonic() > deadline:
@@ -64,7 +96,7 @@ def submit(state, spec: str, wait: bool, as_json: bool) -> None:
     if as_json:
         _json(out)
     else:
-        click.echo(out["job_id"])
+        click.echo(_safe(out["job_id"]))
     if wait and out["state"] != "completed":
         err = out.get("error") or {}
         raise JobError(
@@ -88,15 +120,16 @@ def jobs(state, as_json: bool) -> None:
     for col in ("job", "role", "name", "state", "provider", "price", "output"):
         table.add_column(col)
     for r in rows:
-        table.add_row(
-            r["job_id"],
-            r["role"],
+        cells = (
+            r.get("job_id"),
+            r.get("role"),
             r.get("name") or "",
-            r["state"],
-            (r.get("provider") or "")[-8:],
+            r.get("state"),
+            str(r.get("provider") or "")[-8:],
             r.get("price") or "",
-            (r.get("output_cid") or "")[:16],
+            str(r.get("output_cid") or "")[:16],
         )
+        table.add_row(*(render.untrusted(cell, max_chars=render.CELL_MAX_CHARS) for cell in cells))
     _console().print(table)
 
 
@@ -133,25 +166,41 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
         "price",
         "output_cid",
     ):
-        c.print(f"[bold]{key:>16}[/] {data.get(key) or '-'}")
+        c.print(_field(key, data.get(key) or "-"))
     if data.get("usage"):
-        c.print(f"[bold]{'usage':>16}[/] {data['usage']}")
+        c.print(_field("usage", data["usage"]))
     if data.get("error"):
-        c.print(f"[bold red]{'error':>16}[/] {data['error']}")
+        c.print(_field("error", data["error"], style="bold red"))
         if data.get("output_cid") and not logs:
-            c.print(f"{'':>16} the run's stdout and stderr: mask job {job_id} --logs")
-    for t in data.get("transitions", []):
-        c.print(
-            f"{'':>16} {time.strftime('%H:%M:%S', time.localtime(t['at']))} {t['from']} -> {t['to']} ({t['event']})"
-        )
+            c.print(Text(f"{'':>16} the run's stdout and stderr: mask job {_safe(job_id)} --logs"))
+    transitions = data.get("transitions")
+    for t in transitions if isinstance(transitions, list) else []:
+        if not isinstance(t, dict):
+            continue
+        moved = f"{t.get('from')} -> {t.get('to')} ({t.get('event')})"
+        c.print(Text(f"{'':>16} {_clock(t.get('at'))} ") + render.untrusted(moved))
     if logs:
-        lg = data["logs"]
-        if not lg.get("available", True):
-            c.print("no logs here (yet): the job has no result, or it is still being fetched")
-            return
-        c.print("[bold]stdout[/]\n" + (lg["stdout"] or "(empty)"))
-        if lg["stderr"]:
-            c.print("[bold]stderr[/]\n" + lg["stderr"])
+        _print_logs(c, data["logs"])
+
+
+def _print_logs(c: Console, lg: Any) -> None:
+    """The run's stdout and stderr: made safe on a terminal, exact into a pipe."""
+    if not isinstance(lg, dict) or not lg.get("available", True):
+        c.print("no logs here (yet): the job has no result, or it is still being fetched")
+        return
+    stdout, stderr = str(lg.get("stdout") or ""), str(lg.get("stderr") or "")
+    if not _stdout_is_terminal():
+        click.echo("stdout")
+        click.echo(stdout or "(empty)", nl=not stdout.endswith("\n"), color=True)
+        if stderr:
+            click.echo("stderr")
+            click.echo(stderr, nl=not stderr.endswith("\n"), color=True)
+        return
+    c.print(Text("stdout", style="bold"))
+    c.print(render.untrusted(stdout or "(empty)", multiline=True))
+    if stderr:
+        c.print(Text("stderr", style="bold"))
+        c.print(render.untrusted(stderr, multiline=True))
 
 
 @click.command("result")
@@ -163,7 +212,7 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
 def result(state, job_id: str, dest: str) -> None:
     """Write a completed job's result (out/, stdout.log, stderr.log) into DIR."""
     out = state.call("v1.jobs.result", {"job_id": job_id, "dest": os.path.abspath(dest)})
-    click.echo(f"{out['dest']}  ({out['output_cid']})")
+    click.echo(f"{_safe(out['dest'])}  ({_safe(out['output_cid'])})")
 
 
 @click.command("cancel")
@@ -172,7 +221,7 @@ def result(state, job_id: str, dest: str) -> None:
 def cancel(state, job_id: str) -> None:
     """Cancel a job everywhere."""
     out = state.call("v1.jobs.cancel", {"job_id": job_id})
-    click.echo(f"{job_id}  {out['state']}")
+    click.echo(f"{_safe(job_id)}  {_safe(out['state'])}")
 
 
 @click.command("explain")
@@ -185,7 +234,8 @@ def explain(state, job_id: str, as_json: bool) -> None:
     if as_json:
         _json(data)
         return
-    click.echo(data.get("text") or json.dumps(data, indent=2))
+    # Refusals quote providers' reasons: their text, our terminal.
+    click.echo(render.safe_text(data.get("text") or json.dumps(data, indent=2), multiline=True))
 
 
 def register(main: click.Group) -> None:

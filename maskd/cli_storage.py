@@ -7,6 +7,9 @@ the CID and size; ``get`` shows a progress bar fed by the daemon's
 ``storage.progress`` events over ``v1.watch`` (blocks and bytes fetched, out
 of the DAG's size once its root has arrived). Both only on a terminal and
 never with ``--json``.
+
+Text from the daemon that a peer may have written (a provider's refusal, a
+CID a peer sent) goes through ``render.safe_text``: escapes made visible.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from maskd import render
+
 if TYPE_CHECKING:
     from maskd.cli import CliState
 
@@ -50,6 +55,10 @@ def print_json(data: Any) -> None:
 LONG_CALL_S = 24 * 3600.0
 
 
+def _safe(value: Any) -> str:
+    return render.safe_text(value, max_chars=render.CELL_MAX_CHARS)
+
+
 def _err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
@@ -69,7 +78,7 @@ def _spinner(text: str, enabled: bool):
     if not enabled:
         yield
         return
-    with _err_console().status(text):
+    with _err_console().status(render.untrusted(text)):
         yield
 
 
@@ -118,21 +127,21 @@ def put(
     if as_json:
         print_json(result)
         return
-    click.echo(result["cid"])
+    click.echo(_safe(result["cid"]))
     if show:
         blocks = result.get("blocks")
         extra = f", {blocks} blocks" if blocks is not None else ""
-        _err_console().print(f"[dim]{_human(result['size'])}{extra}[/]")
+        _err_console().print(render.untrusted(f"{_human(result['size'])}{extra}", style="dim"))
     rep = result.get("replication")
     if rep:
         for placed in rep["placed"]:
             click.echo(
-                f"pinned by {placed['provider']} until {placed['expires_at']:.0f} "
-                f"(owed {placed['owed']} base units)",
+                f"pinned by {_safe(placed['provider'])} until {placed['expires_at']:.0f} "
+                f"(owed {_safe(placed['owed'])} base units)",
                 err=True,
             )
         for peer, why in rep["refused"].items():
-            click.echo(f"refused by {peer}: {why}", err=True)
+            click.echo(f"refused by {_safe(peer)}: {_safe(why)}", err=True)
         if len(rep["placed"]) < rep["requested"]:
             click.echo(
                 f"warning: {len(rep['placed'])} of {rep['requested']} copies placed", err=True
@@ -143,7 +152,7 @@ def _watch_progress(state: CliState, cid: str, progress: Progress, stop: threadi
     """In a thread: feed ``storage.progress`` events for ``cid`` into the bar."""
     from maskd.client import Client
 
-    task = progress.add_task(f"fetching {cid[:16]}…", total=None)
+    task = progress.add_task(render.safe_markup(f"fetching {cid[:16]}…"), total=None)
     try:
         with Client.connect(state.socket) as client:
             for event in client.watch():
@@ -207,11 +216,14 @@ def get(state: CliState, cid: str, dest: str, pin: bool, symlinks: bool, as_json
     if as_json:
         print_json(result)
         return
-    click.echo(result["dest"])
+    click.echo(_safe(result["dest"]))
     if show:
         _err_console().print(
-            f"[dim]{_human(result['size'])}; fetched {result['fetched_blocks']} blocks "
-            f"from {len(result.get('peers_used') or {})} peer(s)[/]"
+            render.untrusted(
+                f"{_human(result['size'])}; fetched {result['fetched_blocks']} blocks "
+                f"from {len(result.get('peers_used') or {})} peer(s)",
+                style="dim",
+            )
         )
 
 
@@ -221,7 +233,7 @@ def get(state: CliState, cid: str, dest: str, pin: bool, symlinks: bool, as_json
 def pin(state: CliState, cid: str) -> None:
     """Pin a CID (its whole DAG must be in the local store)."""
     result = state.call("v1.storage.pin", {"cid": cid})
-    click.echo(f"pinned {result['cid']}")
+    click.echo(f"pinned {_safe(result['cid'])}")
 
 
 @click.command("unpin")
@@ -230,9 +242,8 @@ def pin(state: CliState, cid: str) -> None:
 def unpin(state: CliState, cid: str) -> None:
     """Unpin a CID; `mask blocks gc` then frees its blocks."""
     result = state.call("v1.storage.unpin", {"cid": cid})
-    click.echo(
-        f"unpinned {result['cid']}" if result["unpinned"] else f"{result['cid']} was not pinned"
-    )
+    cid_text = _safe(result["cid"])
+    click.echo(f"unpinned {cid_text}" if result["unpinned"] else f"{cid_text} was not pinned")
 
 
 @click.group("blocks")
@@ -279,7 +290,7 @@ def blocks_stat(state: CliState, as_json: bool) -> None:
     ]
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        click.echo(f"{key:<{width}}  {value}")
+        click.echo(f"{key:<{width}}  {_safe(value)}")
 
 
 def register(main: click.Group) -> None:

@@ -4,19 +4,35 @@ One place for these so ``mask`` and ``mask top`` agree. The formatters are
 pure (``now`` is passed in) and tolerate missing or odd values, because the
 daemon may be newer or older than the client: a missing field prints "—"
 rather than crashing a table.
+
+Text from strangers: almost everything shown here came from a peer or a job
+(a GPU name, an address, a job's name, error, logs). It is never markup
+(rich reads ``[/x]`` in a ``str`` cell as a closing tag and raises) and never
+reaches the terminal raw (ESC, OSC, BEL, C1 and bidi overrides would move the
+cursor, retitle the window or reorder what people read). :func:`safe_text`
+makes such characters visible (``\x1b``, ``\u202e``) and :func:`untrusted`
+wraps the result in a ``rich.text.Text``, which is never parsed as markup.
+Every table cell below goes through them.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "DASH",
+    "CELL_MAX_CHARS",
+    "safe_text",
+    "untrusted",
+    "safe_markup",
     "TOKEN_DECIMALS",
     "short_id",
     "format_mb",
@@ -31,6 +47,7 @@ __all__ = [
     "gpus_summary",
     "offer_summary",
     "first_addr",
+    "executors_summary",
     "node_table",
     "peers_table",
     "offers_table",
@@ -39,6 +56,78 @@ __all__ = [
 DASH = "—"
 # MASK is an 18-decimal token; prices travel as base units in decimal strings.
 TOKEN_DECIMALS = 18
+
+
+# A table cell never needs more; a peer may send more.
+CELL_MAX_CHARS = 256
+
+# Characters a terminal might act on or that change how text reads: controls
+# (C0, DEL, C1), format characters (bidi overrides and isolates, zero-width
+# marks, invisible tags), line/paragraph separators, surrogates, private-use
+# and unassigned code points. Printable text and spaces are left alone.
+_SHOWN_AS_IS = frozenset({"Zs"})
+_SUSPECT = re.compile(r"[^\x20-\x7e]")
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# What rich reads as a tag, with any backslashes before it (rich.markup's own pattern).
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def _visible(char: str) -> str:
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _escape_char(match: re.Match[str], keep: str) -> str:
+    char = match.group()
+    if char in keep or (char.isprintable() or unicodedata.category(char) in _SHOWN_AS_IS):
+        return char
+    return _visible(char)
+
+
+def safe_text(value: Any, *, multiline: bool = False, max_chars: int | None = None) -> str:
+    """``str(value)`` with every control, format or bidi character made visible.
+
+    ``ESC`` becomes ``\\x1b``, ``U+202E`` becomes ``\\u202e``. ``multiline``
+    keeps ``\\n`` and ``\\t`` (logs); ``\\r`` is always shown, since it can
+    overwrite what came before it on the line. ``max_chars`` cuts the result
+    with "…". The result may contain ``[``: show it as ``Text``, not markup.
+    """
+    text = value if isinstance(value, str) else str(value)
+    keep = "\n\t" if multiline else ""
+    if not text.isascii() or not text.isprintable():
+        text = _SUSPECT.sub(lambda m: _escape_char(m, keep), text)
+    if max_chars is not None and len(text) > max_chars:
+        text = text[: max(max_chars - 1, 0)] + "…"
+    return text
+
+
+def untrusted(
+    value: Any, *, multiline: bool = False, max_chars: int | None = None, style: str = ""
+) -> Text:
+    """Text from a stranger, ready for rich or Textual: visible escapes, no markup."""
+    return Text(safe_text(value, multiline=multiline, max_chars=max_chars), style=style)
+
+
+def safe_markup(value: Any, *, multiline: bool = False, max_chars: int | None = None) -> str:
+    """For the places that only take markup strings: renders as ``safe_text(value)``.
+
+    Like ``rich.markup.escape``, without the backslash it appends to a string
+    ending in one (meant for joining markup; alone, it would show).
+    """
+    text = safe_text(value, multiline=multiline, max_chars=max_chars)
+    return _MARKUP_TAG.sub(lambda m: f"{m[1]}{m[1]}\\{m[2]}", text)
+
+
+def _cell(value: Any, style: str = "") -> Text:
+    return untrusted(value, max_chars=CELL_MAX_CHARS, style=style)
 
 
 def short_id(value: Any, head: int = 8, tail: int = 4) -> str:
@@ -157,12 +246,29 @@ def offer_summary(offer: Any) -> str:
     return f"{cpu} cpu · {format_mb(offer.get('memory_mb'))} · {gpu_count} gpu"
 
 
+def executors_summary(executors: Any) -> str:
+    """``wasm, native``."""
+    if isinstance(executors, list | tuple) and executors:
+        return ", ".join(map(str, executors))
+    return DASH
+
+
 def first_addr(addrs: Any) -> str:
     """The first address, with ``+N`` when there are more."""
     if not isinstance(addrs, Sequence) or isinstance(addrs, str) or not addrs:
         return DASH
     more = f" +{len(addrs) - 1}" if len(addrs) > 1 else ""
     return f"{addrs[0]}{more}"
+
+
+def _number(value: Any) -> float:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _lines(value: Any) -> Text:
+    """A cell that may hold several lines (a list is one per line), each made safe."""
+    lines = _text(value).split("\n")
+    return Text("\n".join(safe_text(line, max_chars=CELL_MAX_CHARS) for line in lines))
 
 
 def _text(value: Any) -> str:
@@ -206,13 +312,14 @@ def node_table(info: Mapping[str, Any]) -> Table:
         if key == "uptime_s":
             table.add_row(label, format_duration(value))
         elif key == "drops" and isinstance(value, Mapping):
-            drops = sorted(value.items(), key=lambda kv: (-kv[1], kv[0]))
-            table.add_row(label, "\n".join(f"{n} {reason}" for reason, n in drops) or "none")
+            drops = sorted(value.items(), key=lambda kv: (-_number(kv[1]), str(kv[0])))
+            lines = [safe_text(f"{n} {reason}", max_chars=CELL_MAX_CHARS) for reason, n in drops]
+            table.add_row(label, Text("\n".join(lines) or "none"))
         else:
-            table.add_row(label, _text(value))
+            table.add_row(label, _lines(value))
     known = {key for key, _ in _NODE_FIELDS}
-    for key in sorted(k for k in info if k not in known):
-        table.add_row(key.replace("_", " "), _text(info[key]))
+    for key in sorted(str(k) for k in info if k not in known):
+        table.add_row(_cell(key.replace("_", " ")), _lines(info[key]))
     return table
 
 
@@ -225,11 +332,11 @@ def peers_table(peers: Sequence[Mapping[str, Any]]) -> Table:
     table.add_column("offers", no_wrap=True)
     for peer in peers:
         table.add_row(
-            str(peer.get("peer_id") or DASH),
-            first_addr(peer.get("addrs")),
-            format_latency(peer.get("latency_ms")),
-            format_score(peer.get("score")),
-            offer_summary(peer.get("offer")),
+            _cell(peer.get("peer_id") or DASH),
+            _cell(first_addr(peer.get("addrs"))),
+            _cell(format_latency(peer.get("latency_ms"))),
+            _cell(format_score(peer.get("score"))),
+            _cell(offer_summary(peer.get("offer"))),
         )
     return table
 
@@ -249,14 +356,14 @@ def offers_table(offers: Sequence[Mapping[str, Any]], now: float) -> Table:
         prices = offer.get("prices") if isinstance(offer.get("prices"), Mapping) else {}
         executors = offer.get("executors")
         table.add_row(
-            short_id(offer.get("offer_id"), 6, 4),
-            short_id(offer.get("peer_id")),
-            _text(offer.get("cpu")),
-            format_mb(offer.get("memory_mb")),
-            format_mb(offer.get("disk_mb")),
-            gpus_summary(offer.get("gpus")),
-            ", ".join(map(str, executors)) if isinstance(executors, list) and executors else DASH,
-            format_price(prices.get("cpu_core_hour")),
-            format_expires_in(offer.get("expires_at"), now),
+            _cell(short_id(offer.get("offer_id"), 6, 4)),
+            _cell(short_id(offer.get("peer_id"))),
+            _cell(_text(offer.get("cpu"))),
+            _cell(format_mb(offer.get("memory_mb"))),
+            _cell(format_mb(offer.get("disk_mb"))),
+            _cell(gpus_summary(offer.get("gpus"))),
+            _cell(executors_summary(executors)),
+            _cell(format_price(prices.get("cpu_core_hour"))),
+            _cell(format_expires_in(offer.get("expires_at"), now)),
         )
     return table
