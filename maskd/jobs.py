@@ -78,8 +78,8 @@ class Jobs:
         self.dir = cfg.data_path / "jobs"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.supervisor: Supervisor = node.supervisor
-        self.store = JobStore(self.dir / "jobs.db")
-        self.async_store = NotifyingStore(self.store, node.events.publish)
+        # the only handle on jobs.db: sqlite in a thread, behind its own limiter
+        self.store = NotifyingStore(JobStore(self.dir / "jobs.db"), node.events.publish)
         keys = AccountKeys(ident.account_key)
         transport = MarketTransport(mesh)
         self.private = PrivateFiles(self.dir / "private")
@@ -88,7 +88,7 @@ class Jobs:
         self.sweeper = Sweeper(
             self.dir,
             self.private,
-            self.async_store,
+            self.store,
             self.cache,
             RetentionPolicy(
                 result_s=cfg.jobs.result_retention_h * 3600,
@@ -98,7 +98,7 @@ class Jobs:
             supervisor=node.supervisor,
         )
         self.payload_server = PayloadServer(
-            store_authorizer(self.async_store, self.private),
+            store_authorizer(self.store, self.private),
             self.private.root,
             penalise=mesh.penalise,
         )
@@ -109,10 +109,10 @@ class Jobs:
                 offers=node.book.offers,
                 peer_stats=self._peer_stats,
             ),
-            store=self.async_store,
+            store=self.store,
             gossip=MeshGossip(mesh),
             transport=transport,
-            outputs=StorageOutputs(self.payloads, self.async_store),
+            outputs=StorageOutputs(self.payloads, self.store),
             peer_key=ident.peer_key,
             clock=clock,
             supervisor=self.supervisor,
@@ -136,7 +136,7 @@ class Jobs:
             )
             self.provider = ProviderService(
                 ProviderCore(provider_config, keys),
-                store=self.async_store,
+                store=self.store,
                 transport=transport,
                 worker=WasmWorker(
                     self.payloads,
@@ -150,7 +150,7 @@ class Jobs:
         self._relay = BidValidator()  # bids checked for relaying when we sell nothing
         self.router = MarketRouter(ident.peer_id, self.requester, self.provider, mesh.penalise)
         self.rpc = JobsRpc(
-            store=self.async_store,
+            store=self.store,
             requester=self.requester,
             private=self.private,
             storage=node.storage,
@@ -175,9 +175,9 @@ class Jobs:
             await nursery.start(self.requester.run)
             if self.provider is not None:
                 await nursery.start(self.provider.run)
-            await self.requester.resume(await self.async_store.open_jobs(role="requester"))
+            await self.requester.resume(await self.store.open_jobs(role="requester"))
             if self.provider is not None:
-                await self.provider.resume(await self.async_store.open_jobs(role="provider"))
+                await self.provider.resume(await self.store.open_jobs(role="provider"))
             task_status.started()
 
     def validate_bid(self, data: bytes, source: str, now: float) -> tuple[str, str]:
