@@ -202,12 +202,13 @@ class TopApp(App[None]):
 
     def show_unreachable(self, exc: MaskError | None) -> None:
         self.connected = False
-        if exc is None or isinstance(exc, DaemonUnavailable):
+        if exc is None or (isinstance(exc, DaemonUnavailable) and exc.code != "daemon_busy"):
             text = f"daemon not reachable at {self.socket_label} — retrying…"
         else:
+            # A daemon's error may quote a peer or a job: Text, never markup.
             text = f"error: {exc.message} — retrying…"
         banner = self.query_one("#banner", Static)
-        banner.update(text)
+        banner.update(render.untrusted(text, multiline=True))
         banner.display = True
 
     def apply_snapshot(
@@ -273,7 +274,9 @@ class TopApp(App[None]):
             parts.append(str(info["role"]))
         if info.get("version"):
             parts.append(f"maskd {info['version']}")
-        self.query_one("#node", Static).update(" · ".join(parts))
+        self.query_one("#node", Static).update(
+            render.untrusted(" · ".join(parts), max_chars=4 * render.CELL_MAX_CHARS)
+        )
 
     def apply_event(self, event: Mapping[str, Any]) -> None:
         """One ``v1.event``; unknown types are ignored."""

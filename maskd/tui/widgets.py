@@ -6,9 +6,12 @@ reconcile the whole table, and the cursor and scroll position survive both.
 Rows are built from daemon dicts by pure functions, so formatting is tested
 without an app.
 
-Job cells are ``rich.text.Text`` rather than ``str``: a DataTable reads ``str``
-cells as markup, and a job's name or error code comes from whoever submitted
-it (``[/x]`` would break rendering); ``Text`` also carries the state's colour.
+Every cell is text from a stranger (a peer's GPU name and addresses, a job's
+name and error), and a DataTable reads ``str`` cells as markup: ``[/x]``
+would break rendering and ESC/OSC/bidi characters would reach the terminal.
+So job cells are ``render.untrusted`` ``Text`` (which also carries the
+state's colour), and peer and offer cells are ``render.safe_markup`` strings:
+markup that shows exactly ``render.safe_text`` of the value.
 """
 
 from __future__ import annotations
@@ -34,37 +37,44 @@ __all__ = [
     "job_sort_key",
 ]
 
-# A cell: plain text (may hold markup we wrote) or Text (shown as is).
+# A cell: markup that shows a value literally (render.safe_markup), or Text.
 Cell = str | Text
+
+
+def _markup(value: Any) -> str:
+    return render.safe_markup(value, max_chars=render.CELL_MAX_CHARS)
+
+
+def _text(value: Any, style: str = "") -> Text:
+    return render.untrusted(value, max_chars=render.CELL_MAX_CHARS, style=style)
 
 
 def peer_row(peer: Mapping[str, Any]) -> dict[str, str]:
     return {
-        "peer": render.short_id(peer.get("peer_id")),
-        "address": render.first_addr(peer.get("addrs")),
-        "latency": render.format_latency(peer.get("latency_ms")),
-        "score": render.format_score(peer.get("score")),
-        "offers": render.offer_summary(peer.get("offer")),
+        "peer": _markup(render.short_id(peer.get("peer_id"))),
+        "address": _markup(render.first_addr(peer.get("addrs"))),
+        "latency": _markup(render.format_latency(peer.get("latency_ms"))),
+        "score": _markup(render.format_score(peer.get("score"))),
+        "offers": _markup(render.offer_summary(peer.get("offer"))),
     }
 
 
 def offer_row(offer: Mapping[str, Any], now: float) -> dict[str, str]:
     prices = offer.get("prices")
-    executors = offer.get("executors")
     return {
-        "offer": render.short_id(offer.get("offer_id"), 6, 4),
-        "peer": render.short_id(offer.get("peer_id")),
-        "cpu": str(offer.get("cpu", render.DASH)),
-        "mem": render.format_mb(offer.get("memory_mb")),
-        "disk": render.format_mb(offer.get("disk_mb")),
-        "gpus": render.gpus_summary(offer.get("gpus")),
-        "executors": ", ".join(map(str, executors))
-        if isinstance(executors, list) and executors
-        else render.DASH,
-        "price": render.format_price(
-            prices.get("cpu_core_hour") if isinstance(prices, Mapping) else None
+        "offer": _markup(render.short_id(offer.get("offer_id"), 6, 4)),
+        "peer": _markup(render.short_id(offer.get("peer_id"))),
+        "cpu": _markup(offer.get("cpu", render.DASH)),
+        "mem": _markup(render.format_mb(offer.get("memory_mb"))),
+        "disk": _markup(render.format_mb(offer.get("disk_mb"))),
+        "gpus": _markup(render.gpus_summary(offer.get("gpus"))),
+        "executors": _markup(render.executors_summary(offer.get("executors"))),
+        "price": _markup(
+            render.format_price(
+                prices.get("cpu_core_hour") if isinstance(prices, Mapping) else None
+            )
         ),
-        "expires": render.format_expires_in(offer.get("expires_at"), now),
+        "expires": _markup(render.format_expires_in(offer.get("expires_at"), now)),
     }
 
 
@@ -86,14 +96,14 @@ def job_row(job: Mapping[str, Any]) -> dict[str, Cell]:
     error = job.get("error") if isinstance(job.get("error"), Mapping) else {}
     state = job.get("state")
     return {
-        "job": Text(render.short_id(job.get("job_id"))),
-        "role": Text(str(job.get("role") or render.DASH)),
-        "name": Text(str(job.get("name") or render.DASH)),
-        "state": Text(str(state or render.DASH), style=render.job_state_style(state)),
-        "provider": Text(render.short_id(job.get("provider"))),
-        "price": Text(render.format_price(job.get("price"))),
-        "wall": Text(render.format_wall_ms(usage.get("wall_ms"))),
-        "error": Text(str(error.get("code") or render.DASH)),
+        "job": _text(render.short_id(job.get("job_id"))),
+        "role": _text(job.get("role") or render.DASH),
+        "name": _text(job.get("name") or render.DASH),
+        "state": _text(state or render.DASH, style=render.job_state_style(state)),
+        "provider": _text(render.short_id(job.get("provider"))),
+        "price": _text(render.format_price(job.get("price"))),
+        "wall": _text(render.format_wall_ms(usage.get("wall_ms"))),
+        "error": _text(error.get("code") or render.DASH),
     }
 
 
