@@ -40,11 +40,49 @@ from storage.blockstore import BlockStore
 from storage.cid import canonical
 from storage.crypto import encrypt_stream
 from storage.exchange import BlockExchange, ExchangeSettings, FetchProgress
-from storage.exporter import export_to_path
+from storage.exporter import DEFAULT_LIMITS, ExportLimits, export_to_path
 from storage.ipfs import KuboClient
 from storage.replicate import Replicator
 
 log = logging.getLogger("maskd.storage")
+
+DISK_RESERVE_BYTES = 64 << 20  # `mask get` leaves at least this much free
+DISK_RESERVE_INODES = 1024
+
+
+def export_within_disk(cid: str, get_block, dest: str, **kw) -> None:
+    """``export_to_path`` under :func:`disk_limits`; a refusal says what is free."""
+    limits = disk_limits(dest)
+    try:
+        export_to_path(cid, get_block, dest, limits=limits, **kw)
+    except StorageError as exc:
+        if exc.code != "export_limit":
+            raise
+        raise StorageError(
+            exc.message,
+            code=exc.code,
+            hint=f"the disk under {os.path.dirname(dest)} has {limits.max_bytes:,} bytes and"
+            f" {limits.max_entries:,} entries free for it (less a reserve); free some space"
+            " or choose another -o",
+        ) from None
+
+
+def disk_limits(dest: str) -> ExportLimits:
+    """The export limits for writing under ``dest``: the defaults, lowered to what
+    its filesystem has free, so a DAG that declares more is refused before
+    anything is written (a decompression bomb cannot fill the disk)."""
+    st = os.statvfs(os.path.dirname(os.path.abspath(dest)))
+    free = st.f_bavail * st.f_frsize - DISK_RESERVE_BYTES
+    entries = DEFAULT_LIMITS.max_entries
+    if st.f_files:  # filesystems without an inode table report 0
+        entries = min(entries, st.f_favail - DISK_RESERVE_INODES)
+    return ExportLimits(
+        max_bytes=max(0, min(DEFAULT_LIMITS.max_bytes, free)),
+        max_entries=max(1, entries),
+        max_depth=DEFAULT_LIMITS.max_depth,
+        max_blocks=DEFAULT_LIMITS.max_blocks,
+    )
+
 
 PROGRESS_INTERVAL_S = 0.25  # most storage.progress events per second: 4 per operation
 
@@ -234,6 +272,8 @@ class StorageService:
         return offer.identity.x25519
 
     async def get(self, params: dict) -> dict:
+        """Fetch a DAG and write it to ``dest``: no links unless asked (then only
+        inside ``dest``), and never more than the disk under ``dest`` has free."""
         cid = _cid_param(params)
         dest = _abs_path(params, "dest")
         symlinks = params.get("symlinks", False)
@@ -243,7 +283,7 @@ class StorageService:
             raise StorageError(f"{dest} already exists", code="path_exists", hint="choose a new -o")
         if self.kubo is not None:
             await self._blocking(
-                lambda: export_to_path(cid, self.kubo.block_get, dest, symlinks=symlinks)
+                lambda: export_within_disk(cid, self.kubo.block_get, dest, symlinks=symlinks)
             )
             return {"cid": cid, "dest": dest, "size": _path_size(dest), "fetched_blocks": 0}
         peers = params.get("peers") or [p for p in self.connected_peers() if p != self.peer_id]
@@ -277,7 +317,9 @@ class StorageService:
                 }
             )
             await self._blocking(
-                lambda: export_to_path(cid, self.store.get, dest, verify=False, symlinks=symlinks)
+                lambda: export_within_disk(
+                    cid, self.store.get, dest, verify=False, symlinks=symlinks
+                )
             )
         finally:
             lease.__exit__(None, None, None)

@@ -73,3 +73,34 @@ async def test_get_symlinks_must_be_a_bool(tmp_path) -> None:
     with pytest.raises(StorageError) as info:
         await get_with_symlink(tmp_path, b"a.txt", symlinks="yes")
     assert info.value.code == "invalid_params"
+
+
+async def test_get_of_a_dag_declaring_more_than_the_disk_holds_is_refused_first(
+    tmp_path, monkeypatch
+) -> None:
+    """``mask get`` of a bomb: a small DAG declaring 2 GB is refused before a byte is
+    written, because the disk (as statvfs says) has only 1 GiB free, whatever the
+    1 TiB default. (Kept small: a regression writes at most 2 GB.)"""
+    dag = Dag()
+    leaf = dag.raw(b"\0" * 262144)
+    mid = dag.file([leaf] * 1000, [262144] * 1000)
+    big = dag.file([mid] * 8, [262144 * 1000] * 8)
+    root = dag.dir([(b"big", big)])
+    real = os.statvfs
+
+    class Small:
+        def __init__(self, st):
+            self.f_frsize, self.f_bavail = 4096, (1 << 30) // 4096  # 1 GiB free
+            self.f_files, self.f_favail = st.f_files, st.f_favail
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Small(real(p)))
+    dest = tmp_path / "out"
+    async with trio.open_nursery() as nursery:
+        svc = service(tmp_path, FakeNetwork(nursery))
+        for cid, data in dag.items():
+            svc.store.put(cid, data)
+        with pytest.raises(StorageError) as info:
+            await svc.get({"cid": root, "dest": str(dest)})
+        nursery.cancel_scope.cancel()
+    assert "bytes" in info.value.message and "free" in (info.value.hint or "")
+    assert not os.path.lexists(dest)
