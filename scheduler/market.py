@@ -24,11 +24,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import msgspec
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.codec import encode
+from protocol.codec import DECODE_ERRORS, encode
 from protocol.identity import sign_gossip
 from protocol.market import BidValidator, JobBid, decode_market, encode_market
 from protocol.messages import BIDS_TOPIC
@@ -141,7 +140,7 @@ class _Shell:
         """A direct message from ``source`` (stream handler side): decode once, enqueue."""
         try:
             message = decode_market(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        except (*DECODE_ERRORS, ValueError):
             self.drops["undecodable"] += 1
             return
         self._enqueue(("message", source, message))

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from pathlib import Path
 
 import httpx
 
+from protocol.codec import decode_json
 from protocol.errors import StorageError
 from storage.cid import canonical, verify_block
 from storage.unixfs import import_file
@@ -161,7 +161,7 @@ class KuboClient:
         for line in response.text.splitlines():
             if not line.strip():
                 continue
-            entry = json.loads(line)
+            entry = decode_json(line.encode())
             if entry.get("Name") == root_name or root is None:
                 root = entry.get("Hash")
         if not root:

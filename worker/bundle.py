@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.codec import NestingTooDeep, check_nesting
 from protocol.errors import JobError
 from worker.results import scan_tree
 
@@ -109,6 +110,13 @@ def _read(dir_fd: int, name: str, cap: int) -> bytes:
 
 
 def _parse_job(data: bytes, cap: int, max_depth: int) -> dict[str, Any]:
+    # before any parser recurses: py_ecc (through eth_account) raises Python's
+    # recursion limit to 100,000, so json's own guard would first overflow the
+    # C stack (a job.json of 99,000 brackets segfaulted the provider)
+    try:
+        check_nesting(data, max_depth, fmt="json")
+    except NestingTooDeep:
+        raise _bad(f"the bundle's job.json nests deeper than {max_depth} levels") from None
     try:
         # NaN and Infinity are not JSON; strict=True keeps control characters out of strings
         job = json.loads(data.decode("utf-8"), parse_constant=_no_constant)

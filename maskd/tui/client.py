@@ -19,8 +19,14 @@ from typing import Any, Protocol
 
 import msgspec
 
-from maskd.client import DEFAULT_TIMEOUT, MAX_RESPONSE_BYTES, daemon_unavailable
+from maskd.client import (
+    DEFAULT_TIMEOUT,
+    MAX_RESPONSE_BYTES,
+    MAX_RESPONSE_NESTING,
+    daemon_unavailable,
+)
 from maskd.rpc import LineFramer, LineTooLong, encode_message, error_from_response
+from protocol.codec import decode_json
 from protocol.errors import DaemonUnavailable
 
 __all__ = ["TopClient", "ClientFactory", "AsyncioRpcClient", "socket_client_factory"]
@@ -92,7 +98,8 @@ class _Connection:
         while True:
             while self._lines:
                 try:
-                    message = msgspec.json.decode(self._lines.popleft())
+                    # the daemon relays text from strangers: bounded before decoding
+                    message = decode_json(self._lines.popleft(), max_depth=MAX_RESPONSE_NESTING)
                 except msgspec.DecodeError:
                     continue
                 if isinstance(message, dict):

@@ -179,3 +179,35 @@ def test_a_symlinked_bundle_dir_is_refused(bundle: Path, tmp_path: Path) -> None
 
 def test_a_missing_bundle_dir_is_refused(tmp_path: Path) -> None:
     refused(tmp_path / "nothing")
+
+
+def test_a_job_json_nested_99000_deep_is_refused_without_crashing(tmp_path) -> None:
+    """With py_ecc's recursion limit (100,000) in force, json.loads of 99,000
+    brackets overflows the C stack: a hostile requester segfaulted the provider.
+    Run in a child process that imports eth_account first, as the daemon does."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import eth_account  # noqa: F401  (raises the recursion limit, as in maskd)
+        from pathlib import Path
+        from protocol.errors import JobError
+        from worker.bundle import load_bundle
+        d = Path({str(tmp_path)!r})
+        (d / "job.json").write_text("[" * 99000 + "]" * 99000)
+        (d / "program.wasm").write_bytes(b"\\0asm\\1\\0\\0\\0")
+        try:
+            load_bundle(d, max_program_bytes=1 << 20, max_spec_bytes=1 << 20)
+        except JobError as e:
+            print(e.code, sys.getrecursionlimit())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    code, limit = done.stdout.split()
+    assert code == "bad_bundle" and int(limit) >= 10_000
