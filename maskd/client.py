@@ -88,7 +88,7 @@ def _gone(path: Path) -> DaemonUnavailable:
     )
 
 
-def _busy(path: Path, message: str) -> DaemonUnavailable:
+def daemon_busy(path: Path, message: str) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"maskd at {path} is busy: {message}",
         hint="close other mask clients (mask top, mask job --follow, scripts) or retry shortly",
@@ -160,7 +160,7 @@ def _raise_connection_error(path: Path, message: dict[str, Any]) -> None:
     if error.code == "idle_timeout":
         raise _Retry
     if error.code == "rpc_busy":
-        raise _busy(path, error.message)
+        raise daemon_busy(path, error.message)
     raise error
 
 

@@ -23,6 +23,7 @@ from maskd.client import (
     DEFAULT_TIMEOUT,
     MAX_RESPONSE_BYTES,
     MAX_RESPONSE_NESTING,
+    daemon_busy,
     daemon_unavailable,
 )
 from maskd.rpc import LineFramer, LineTooLong, encode_message, error_from_response
@@ -121,6 +122,17 @@ class _Connection:
             await self._writer.wait_closed()
 
 
+def _check_connection_error(path: Path, message: dict[str, Any]) -> None:
+    """An ``id: null`` error is about the connection: a daemon at its connection
+    limit is busy (not stopped); after an idle close the TUI reconnects."""
+    if not ("id" in message and message["id"] is None and message.get("error") is not None):
+        return
+    error = error_from_response(message["error"])
+    if error.code == "rpc_busy":
+        raise daemon_busy(path, error.message)
+    raise _gone(path)
+
+
 def _answer(message: dict[str, Any]) -> Any:
     if message.get("error") is not None:
         raise error_from_response(message["error"])
@@ -148,6 +160,7 @@ class AsyncioRpcClient:
                     req_id = await self._conn.send_request(method, params)
                     while True:
                         message = await self._conn.next_message()
+                        _check_connection_error(self.socket_path, message)
                         if message.get("id") == req_id:
                             return _answer(message)
             except TimeoutError:
@@ -174,6 +187,7 @@ class AsyncioRpcClient:
             req_id = await conn.send_request("v1.watch", params)
             while True:
                 message = await conn.next_message()
+                _check_connection_error(self.socket_path, message)
                 if "id" not in message and isinstance(message.get("method"), str):
                     yield message.get("params") or {}
                 elif message.get("id") == req_id:

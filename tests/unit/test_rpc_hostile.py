@@ -569,3 +569,28 @@ def test_other_errors_without_an_id_are_raised_not_waited_out(short_idle_daemon)
         client.call("v1.echo", {}, timeout=WAIT_S)
     assert info.value.rpc_code == -32700
     daemon.close()
+
+
+def test_a_busy_daemon_is_busy_for_mask_top_too(busy_daemon):
+    """``mask top``'s asyncio client said "not reachable" for a busy daemon."""
+    import asyncio
+
+    from maskd.tui.client import AsyncioRpcClient
+
+    async def call_and_watch() -> list[DaemonUnavailable]:
+        seen = []
+        client = await AsyncioRpcClient.connect(busy_daemon)
+        try:
+            with pytest.raises(DaemonUnavailable) as info:
+                await client.call("v1.node.info", timeout=5)
+            seen.append(info.value)
+            with pytest.raises(DaemonUnavailable) as info:
+                async for _ in client.watch():
+                    pass
+            seen.append(info.value)
+        finally:
+            await client.close()
+        return seen
+
+    for exc in asyncio.run(call_and_watch()):
+        assert_busy(exc, busy_daemon)
