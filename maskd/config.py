@@ -74,6 +74,7 @@ class RpcConfig(_Section):
     socket: str = ""
     max_line_bytes: int = 1048576
     max_connections: int = 64
+    idle_timeout_s: float = 60.0
 
 
 class StorageConfig(_Section):
@@ -93,6 +94,9 @@ class JobsConfig(_Section):
     result_retention_h: float = 72.0
     bundle_retention_h: float = 1.0
     bundle_cache_mb: int = 1024
+    max_quotes_per_requester: int = 64
+    bid_rate_per_s: float = 50.0
+    bid_burst: int = 200
 
 
 class Config(_Section):
@@ -285,6 +289,8 @@ def _check_meaning(cfg: Config) -> None:
         "offers.capacity_check_interval_s": cfg.offers.capacity_check_interval_s,
         "storage.ipfs_timeout_s": cfg.storage.ipfs_timeout_s,
         "storage.fetch_timeout_s": cfg.storage.fetch_timeout_s,
+        "rpc.idle_timeout_s": cfg.rpc.idle_timeout_s,
+        "jobs.bid_rate_per_s": cfg.jobs.bid_rate_per_s,
     }
     for key, value in positive.items():
         if not value > 0:
@@ -309,6 +315,8 @@ def _check_meaning(cfg: Config) -> None:
         "storage.fetch_requests_per_peer": (cfg.storage.fetch_requests_per_peer, 1, 64),
         "storage.fetch_inflight_mb": (cfg.storage.fetch_inflight_mb, 4, 4096),
         "storage.serve_streams_per_peer": (cfg.storage.serve_streams_per_peer, 1, 64),
+        "jobs.max_quotes_per_requester": (cfg.jobs.max_quotes_per_requester, 1, 4096),
+        "jobs.bid_burst": (cfg.jobs.bid_burst, 1, 1 << 20),
     }
     for key, (value, lo, hi) in ints.items():
         if not lo <= value <= hi:

@@ -133,6 +133,9 @@ class Jobs:
                     memory_gb_hour=int(prices.memory_gb_hour),
                     gpu_hour=int(prices.gpu_hour),
                 ),
+                max_quotes_per_requester=cfg.jobs.max_quotes_per_requester,
+                bid_rate_per_s=cfg.jobs.bid_rate_per_s,
+                bid_burst=cfg.jobs.bid_burst,
             )
             self.provider = ProviderService(
                 ProviderCore(provider_config, keys),

@@ -156,6 +156,7 @@ class Node:
             self.rpc_streams(),
             max_line_bytes=cfg.rpc.max_line_bytes,
             max_connections=cfg.rpc.max_connections,
+            idle_timeout=cfg.rpc.idle_timeout_s,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
