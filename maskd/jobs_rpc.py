@@ -22,27 +22,19 @@ import msgspec
 import trio
 
 from maskd.jobfiles import PrivateFiles
+from maskd.payloads import RESULT_LIMITS
 from protocol.errors import JobError, MaskError, RpcError, StorageError
 from scheduler.async_store import ThreadedStore
 from scheduler.market import RequesterService
 from scheduler.spec import JobSpec, load_spec
 from scheduler.store import JobRow
 from storage.carfile import export_car, read_file_at
-from storage.exporter import ExportLimits, export_to_path
+from storage.exporter import export_to_path
 from worker.wasm import WasmLimits
 
 REF_FETCH_TIMEOUT_S = 120.0
 
-_RUN = WasmLimits()
-# A result is what a provider's sandbox may write: /out under its caps plus
-# the two logs and the root. Unpacking a result never goes past that, whatever
-# sizes its DAG declares (a decompression bomb fails before it is written).
-RESULT_LIMITS = ExportLimits.for_tree(
-    max_bytes=_RUN.max_output_bytes + 2 * _RUN.max_log_bytes,
-    max_entries=_RUN.max_output_entries + 4,
-    max_depth=_RUN.max_output_depth + 1,
-)
-LOG_READ_BYTES = _RUN.max_log_bytes  # a provider keeps at most this much of each log
+LOG_READ_BYTES = WasmLimits().max_log_bytes  # a provider keeps at most this much of each log
 
 
 def job_json(row: JobRow) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from scheduler.jobstate import JobState
 from scheduler.store import JobRow
 from storage.carfile import verify_car
 from storage.crypto import decrypt_stream, encrypt_stream
+from storage.exporter import ExportLimits
+from worker.wasm import WasmLimits
 
 log = logging.getLogger("maskd.payloads")
 
@@ -45,7 +47,23 @@ MATCH_WAIT_S = 10.0  # a bundle asked for before the requester recorded the matc
 PAYLOAD_HEADER_TIMEOUT_S = MATCH_WAIT_S + 60.0  # the match wait plus encrypting
 PAYLOAD_IDLE_TIMEOUT_S = 30.0  # between two frames
 PAYLOAD_TIMEOUT_S = 300.0  # a whole transfer
-MAX_PAYLOAD_BYTES = 4 << 30  # ciphertext a client accepts
+MAX_PAYLOAD_BYTES = 4 << 30  # ciphertext a client accepts for a bundle
+
+_RUN = WasmLimits()
+# A result is what a provider's sandbox may write: /out under its caps plus
+# the two logs and the root. A result is fetched, and unpacked, never past
+# that, whatever its DAG declares (a decompression bomb fails before it is
+# written; a provider cannot fill the requester's disk with a "result").
+RESULT_LIMITS = ExportLimits.for_tree(
+    max_bytes=_RUN.max_output_bytes + 2 * _RUN.max_log_bytes,
+    max_entries=_RUN.max_output_entries + 4,
+    max_depth=_RUN.max_output_depth + 1,
+)
+# the CAR of such a result, encrypted: the data, plus per entry a dag-pb node
+# and a CAR section header, plus the AEAD tags (generous: 1/8 and 1 KiB each)
+RESULT_MAX_CAR_BYTES = (
+    RESULT_LIMITS.max_bytes + RESULT_LIMITS.max_bytes // 8 + 1024 * RESULT_LIMITS.max_entries
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -294,7 +312,12 @@ async def _fetch_cipher(
     if head.root != root:
         raise _mismatch(f"the peer offers {kind} {head.root}, the agreement names {root}")
     if not 0 <= head.size <= max_bytes:
-        raise _refused("too_large", f"{head.size:,} bytes is over the {max_bytes:,} limit")
+        raise JobError(
+            f"the peer offers a {kind} of {head.size:,} bytes, over the {max_bytes:,}-byte"
+            f" limit for a {kind}",
+            code="payload_too_large",
+            hint="a result can hold no more than a provider's sandbox lets a job write",
+        )
     got = 0
     with open(cipher, "wb") as f:
         while True:
@@ -436,6 +459,15 @@ class PayloadClient:
             raise OSError(f"cannot reach {peer}: {exc}") from None
 
     async def fetch(self, peer: str, job_id: str, kind: str, root: str, dest: Path) -> None:
+        """Fetch a payload; a result may be no larger than a sandbox can make one."""
         await fetch_private(
-            self._open, peer, job_id, kind, root, self.identity.record, self._x25519, dest
+            self._open,
+            peer,
+            job_id,
+            kind,
+            root,
+            self.identity.record,
+            self._x25519,
+            dest,
+            max_bytes=RESULT_MAX_CAR_BYTES if kind == "result" else MAX_PAYLOAD_BYTES,
         )

@@ -103,6 +103,19 @@ def provider_links_logs_to_a_requester_file() -> None:
     _result_mutation(build)
 
 
+@behaviour
+def provider_result_is_100_mb() -> None:
+    """A real 100 MB result: more than any sandbox lets a job write (64 MiB of /out)."""
+
+    def build(worker, job_id: str, result: Path) -> None:
+        (result / "out").mkdir(exist_ok=True)
+        with open(result / "out" / "big", "wb") as f:
+            for _ in range(100):
+                f.write(os.urandom(1 << 20))
+
+    _result_mutation(build)
+
+
 def _store_dag(worker, dag: Dag, root: str) -> str:
     dag.write_car(worker.payloads.files.result(root), root)
     return root

@@ -160,6 +160,24 @@ def test_a_result_bomb_is_refused_before_it_fills_the_disk(cluster, tmp_path, be
     requester_still_served(cluster, requester, attacker, tmp_path)
 
 
+def test_a_result_larger_than_any_sandbox_makes_is_not_downloaded(cluster, tmp_path):
+    requester = cluster.node("requester", extra_args=REQUESTER)
+    attacker = cluster.node(
+        "attacker",
+        bootstrap=[requester.addrs[0]],
+        extra_args=PROVIDER,
+        behaviour="provider_result_is_100_mb",
+    )
+    linked(requester, attacker)
+    row = run_one(requester, hello(tmp_path), timeout=180)
+    assert row["state"] == "failed", row
+    assert "payload_too_large" in row["error"]["message"], row["error"]
+    private = requester.data_dir / "jobs" / "private"
+    kept = sum(p.stat().st_size for p in private.rglob("*") if p.is_file())
+    assert kept < 10 << 20, kept  # nothing of it stayed, not even a temp file
+    requester_still_served(cluster, requester, attacker, tmp_path)
+
+
 # ---------------------------------------------------------- node tasks
 
 

@@ -200,6 +200,27 @@ def test_round_trip_delivers_exactly_the_dag(payload, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_a_payload_over_the_askers_limit_is_refused_before_any_data(payload, tmp_path):
+    """A provider cannot fill the requester's disk with a "result": the size the
+    header announces is checked against the asker's limit before a byte is kept."""
+    car, root, _ = payload
+    srv, run = server(Grant(PROV.record.account, root, car), tmp_path)
+    with pytest.raises(JobError) as e:
+        trio.run(lambda: exchange(run, tmp_path, root=root, max_bytes=100))
+    assert e.value.code == "payload_too_large" and "100-byte limit" in e.value.message
+    assert not (tmp_path / "got.car").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_a_result_is_fetched_no_larger_than_a_sandbox_can_make_one():
+    from maskd.payloads import RESULT_LIMITS, RESULT_MAX_CAR_BYTES
+    from worker.wasm import WasmLimits
+
+    run = WasmLimits()
+    assert RESULT_LIMITS.max_bytes == run.max_output_bytes + 2 * run.max_log_bytes
+    assert RESULT_LIMITS.max_bytes < RESULT_MAX_CAR_BYTES < 2 * RESULT_LIMITS.max_bytes
+
+
 @pytest.mark.parametrize(
     "refusal", [PayloadRefusal(jd.NOT_PARTY, "no"), PayloadRefusal(jd.UNKNOWN_JOB)]
 )
