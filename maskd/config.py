@@ -94,6 +94,7 @@ class JobsConfig(_Section):
     result_retention_h: float = 72.0
     bundle_retention_h: float = 1.0
     bundle_cache_mb: int = 1024
+    max_bundle_mb: int = 1024
     max_quotes_per_requester: int = 64
     bid_rate_per_s: float = 50.0
     bid_burst: int = 200
@@ -317,6 +318,7 @@ def _check_meaning(cfg: Config) -> None:
         "storage.serve_streams_per_peer": (cfg.storage.serve_streams_per_peer, 1, 64),
         "jobs.max_quotes_per_requester": (cfg.jobs.max_quotes_per_requester, 1, 4096),
         "jobs.bid_burst": (cfg.jobs.bid_burst, 1, 1 << 20),
+        "jobs.max_bundle_mb": (cfg.jobs.max_bundle_mb, 1, 4096),
     }
     for key, (value, lo, hi) in ints.items():
         if not lo <= value <= hi:

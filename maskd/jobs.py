@@ -146,6 +146,7 @@ class Jobs:
                     self.dir / "work",
                     self.cache,
                     max_concurrent_runs=provider_config.max_concurrent_jobs,
+                    max_bundle_bytes=cfg.jobs.max_bundle_mb << 20,
                 ),
                 clock=clock,
                 supervisor=self.supervisor,

@@ -316,7 +316,8 @@ async def _fetch_cipher(
             f"the peer offers a {kind} of {head.size:,} bytes, over the {max_bytes:,}-byte"
             f" limit for a {kind}",
             code="payload_too_large",
-            hint="a result can hold no more than a provider's sandbox lets a job write",
+            hint="a result holds no more than a sandbox lets a job write; a provider takes"
+            " bundles up to its jobs.max_bundle_mb",
         )
     got = 0
     with open(cipher, "wb") as f:
@@ -458,8 +459,20 @@ class PayloadClient:
         except Exception as exc:  # libp2p's dial and negotiation errors
             raise OSError(f"cannot reach {peer}: {exc}") from None
 
-    async def fetch(self, peer: str, job_id: str, kind: str, root: str, dest: Path) -> None:
-        """Fetch a payload; a result may be no larger than a sandbox can make one."""
+    async def fetch(
+        self,
+        peer: str,
+        job_id: str,
+        kind: str,
+        root: str,
+        dest: Path,
+        *,
+        max_bytes: int | None = None,
+    ) -> None:
+        """Fetch a payload of at most ``max_bytes`` of ciphertext; by default a
+        result may be no larger than a sandbox can make one."""
+        if max_bytes is None:
+            max_bytes = RESULT_MAX_CAR_BYTES if kind == "result" else MAX_PAYLOAD_BYTES
         await fetch_private(
             self._open,
             peer,
@@ -469,5 +482,5 @@ class PayloadClient:
             self.identity.record,
             self._x25519,
             dest,
-            max_bytes=RESULT_MAX_CAR_BYTES if kind == "result" else MAX_PAYLOAD_BYTES,
+            max_bytes=max_bytes,
         )

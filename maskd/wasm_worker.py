@@ -40,7 +40,15 @@ MAX_ATTEMPTS = 2
 # links, devices or escaping names (storage.exporter), and no decompression bomb.
 MAX_PROGRAM_BYTES = 64 << 20  # program.wasm
 MAX_SPEC_BYTES = 1 << 20  # job.json
-BUNDLE_LIMITS = ExportLimits.for_tree(max_bytes=4 << 30, max_entries=100_000, max_depth=32)
+MAX_BUNDLE_ENTRIES = 100_000
+MAX_BUNDLE_DEPTH = 32
+
+
+def bundle_limits(max_bytes: int) -> ExportLimits:
+    """How much of a requester's bundle this provider unpacks, whatever it declares."""
+    return ExportLimits.for_tree(
+        max_bytes=max_bytes, max_entries=MAX_BUNDLE_ENTRIES, max_depth=MAX_BUNDLE_DEPTH
+    )
 
 
 class WasmWorker:
@@ -60,9 +68,13 @@ class WasmWorker:
         cache: BundleCache,
         *,
         max_concurrent_runs: int = 8,
+        max_bundle_bytes: int = 1 << 30,
     ):
         self.payloads = payloads
         self.cache = cache
+        # a bundle is fetched and unpacked up to this size (jobs.max_bundle_mb)
+        self.max_bundle_bytes = max_bundle_bytes
+        self.bundle_limits = bundle_limits(max_bundle_bytes)
         self._fetch_errors: dict[str, MaskError] = {}
         self._bundles: dict[str, str] = {}  # job id -> the cache key it holds
         self.work_dir = work_dir
@@ -87,9 +99,11 @@ class WasmWorker:
         async def fetch(dest: Path) -> None:
             car = self.payloads.files.received_bundle(job_id)
             try:
-                await self.payloads.fetch(peer_id, job_id, "bundle", spec_cid, car)
+                await self.payloads.fetch(
+                    peer_id, job_id, "bundle", spec_cid, car, max_bytes=self.max_bundle_bytes
+                )
                 await trio.to_thread.run_sync(
-                    lambda: export_car(car, spec_cid, dest, limits=BUNDLE_LIMITS)
+                    lambda: export_car(car, spec_cid, dest, limits=self.bundle_limits)
                 )
             finally:
                 car.unlink(missing_ok=True)

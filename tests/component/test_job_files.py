@@ -202,10 +202,12 @@ class CountingPayloads:
         self.fetches: list[tuple[str, str]] = []
         self.refuse: set[str] = set()
         self.gate: trio.Event | None = None
+        self.limits: list[int | None] = []
 
-    async def fetch(self, peer, job_id, kind, root, dest):
+    async def fetch(self, peer, job_id, kind, root, dest, *, max_bytes=None):
         assert kind == "bundle"
         self.fetches.append((peer, job_id))
+        self.limits.append(max_bytes)
         if self.gate is not None:
             await self.gate.wait()
         await trio.lowlevel.checkpoint()
@@ -379,3 +381,21 @@ async def test_a_job_the_node_died_under_twice_fails_instead_of_running_again(no
     assert (ok.exit_code, ok.error_code) == (0, "")
     again, _ = await run_job(w, "job2", spec_cid)  # its work dir went with its output
     assert again.error_code == ""
+
+
+async def test_a_bundle_is_fetched_and_unpacked_no_larger_than_the_providers_limit(node, tmp_path):
+    """jobs.max_bundle_mb bounds the ciphertext asked for and what is unpacked,
+    whatever the bundle's DAG declares (here: a 4 MiB file under a 1 MiB limit)."""
+    d = tmp_path / "big-bundle"
+    (d / "in").mkdir(parents=True)
+    (d / "in" / "big.bin").write_bytes(os.urandom(4 << 20))
+    shutil.copyfile(HELLO / "hello.wasm", d / "program.wasm")
+    (d / "job.json").write_text(json.dumps({"args": ["10"]}))
+    spec_cid = write_path_car(d, tmp_path / "big.car").cid
+    payloads = CountingPayloads(node.files, {spec_cid: tmp_path / "big.car"})
+    w = WasmWorker(payloads, node.dir / "work", node.cache, max_bundle_bytes=1 << 20)
+    await w.fetch_payload("job1", REQ, spec_cid)
+    outcome = await w.execute("job1", AGREEMENT)
+    assert payloads.limits == [1 << 20]
+    assert outcome.error_code == "export_limit", outcome
+    assert "needs more than" in outcome.error_message
