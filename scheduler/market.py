@@ -28,6 +28,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.codec import DECODE_ERRORS, encode
+from protocol.errors import JobError
 from protocol.identity import sign_gossip
 from protocol.market import BidValidator, JobBid, decode_market, encode_market
 from protocol.messages import BIDS_TOPIC
@@ -136,6 +137,10 @@ class _Shell:
         """Service-specific commands; False when the command is not one of them."""
         raise NotImplementedError
 
+    def _create_refused(self, job_id: str, now: float) -> list:
+        """The store already holds ``job_id``: what the core does instead."""
+        raise JobError(f"job {job_id} already exists", code="job_exists")
+
     def deliver(self, source: str, data: bytes) -> None:
         """A direct message from ``source`` (stream handler side): decode once, enqueue."""
         try:
@@ -175,7 +180,18 @@ class _Shell:
 
     async def _execute(self, cmds: list, now: float) -> None:
         for cmd in cmds:
-            if isinstance(cmd, (CreateJob, RecordTransition)):
+            if isinstance(cmd, CreateJob):
+                try:
+                    await self._store.apply(cmd, now)
+                except JobError as exc:
+                    if exc.code != "job_exists":
+                        raise
+                    # a peer reused the id of a job stored here: the rest of this
+                    # batch was for that job; the core takes it back and declines
+                    self.drops["duplicate_job"] += 1
+                    await self._execute(self._create_refused(cmd.job_id, now), now)
+                    return
+            elif isinstance(cmd, RecordTransition):
                 await self._store.apply(cmd, now)
             elif hasattr(cmd, "message") and hasattr(cmd, "peer_id"):
                 self._queue_send(cmd.peer_id, encode_market(cmd.message))
@@ -353,6 +369,9 @@ class ProviderService(_Shell):
         self._worker = worker
         self._payloads: dict[str, pv.FetchPayload] = {}
         self._executions: dict[str, trio.CancelScope] = {}
+
+    def _create_refused(self, job_id: str, now: float) -> list:
+        return self.core.duplicate_job(job_id, now)
 
     def deliver_bid(self, source: str, data: bytes) -> Outcome[JobBid]:
         """Gossip from ``/mask/bids/1``; the verdict goes back to the mesh for scoring."""

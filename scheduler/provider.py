@@ -459,6 +459,20 @@ class ProviderCore:
             return [*sent, self._transition(job, JobEvent.FAILED, error=error)]
         return [*sent, self._transition(job, JobEvent.VERIFIED)]
 
+    def duplicate_job(self, job_id: str, now: float) -> list[ProviderCommand]:
+        """The store refused to create ``job_id``: a job with that id ran here before
+        (a peer reusing ids). Nothing of the agreement was persisted or started:
+        forget it, free its capacity, and decline it."""
+        job = self._jobs.pop(job_id, None)
+        self.counters["duplicate_job"] += 1
+        if job is None:
+            return []
+        return [
+            self._decline(
+                job.requester, job_id, "duplicate_job", "a job with this id was run here before"
+            )
+        ]
+
     def output_failed(
         self, job_id: str, code: str, message: str, now: float
     ) -> list[ProviderCommand]:

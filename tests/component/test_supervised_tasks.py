@@ -111,3 +111,45 @@ async def test_a_core_that_raises_on_one_event_does_not_end_the_service(autojump
         )
         assert provider.service.supervisor.failures["event"] == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_an_agreement_for_a_job_id_this_provider_ran_before_leaves_no_ghost(
+    autojump_clock, tmp_path
+):
+    """A hostile requester bids and agrees with the id of a job that already ran
+    here: the store refuses to create it twice. The provider must not keep a
+    ghost job holding capacity (8 of them would fill it for good): it declines
+    the agreement, and the job goes elsewhere."""
+    from protocol.errors import JobError
+
+    async with trio.open_nursery() as nursery:
+        market = Market(nursery, tmp_path)
+        first = await market.add_provider(11, max_concurrent_jobs=1)
+        real_apply = first.service._store.apply
+        refused: list[str] = []
+
+        async def apply(cmd, now):
+            if type(cmd).__name__ == "CreateJob" and not refused:
+                refused.append(cmd.job_id)
+                raise JobError(f"job {cmd.job_id} already exists as provider", code="job_exists")
+            return await real_apply(cmd, now)
+
+        first.service._store.apply = apply
+        req = await market.add_requester()
+        job = await req.service.submit(spec(), "bafkreispec")
+        await market.wait_for(req, lambda: bool(refused))
+        second = await market.add_provider(12)
+        assert await market.wait_state(job, JobState.COMPLETED, JobState.FAILED) is (
+            JobState.COMPLETED
+        )
+        # no ghost: the first provider holds nothing and still takes work
+        assert first.service.core.running() == []
+        assert first.service.drops["duplicate_job"] == 1
+        second.scope.cancel()
+        market.streams.unregister(second.peer_id)
+        market.bus.unsubscribe(second.peer_id)
+        other = await req.service.submit(spec(), "bafkreispec2")
+        assert await market.wait_state(other, JobState.COMPLETED, JobState.FAILED) is (
+            JobState.COMPLETED
+        )
+        nursery.cancel_scope.cancel()
