@@ -332,6 +332,10 @@ class RpcServer:
         with trio.move_on_after(REFUSAL_WRITE_TIMEOUT_S):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(encode_message(response))
+                # let the client's first request land before closing (bounded, like
+                # the write): a client whose write met a closed socket would lose
+                # the refusal with it (asyncio drops what it had not read yet)
+                await stream.receive_some(4096)
         with contextlib.suppress(trio.BrokenResourceError):
             await stream.aclose()
 

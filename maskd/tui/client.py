@@ -91,8 +91,10 @@ class _Connection:
         try:
             self._writer.write(encode_message(message))
             await self._writer.drain()
-        except (ConnectionError, OSError) as exc:
-            raise _gone(self.path) from exc
+        except (ConnectionError, OSError):
+            # closed by the daemon (busy, idle): what it said before closing is
+            # still readable, and says why; next_message reads it, or ends in _gone
+            pass
         return req_id
 
     async def next_message(self) -> dict[str, Any]:
