@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import msgspec
 
@@ -29,6 +29,16 @@ from protocol.identity import verify_identity_record
 from protocol.messages import KNOWN_EXECUTORS, IdentityRecord
 from protocol.pipeline import GossipPipeline
 from protocol.verdict import Reason
+
+# Text a peer sends that we keep and show: bounded at decoding (a longer one
+# does not decode), so a peer cannot store megabytes in a job's row.
+MAX_CODE_CHARS = 64
+MAX_DETAIL_CHARS = 1024
+MAX_ERROR_MESSAGE_CHARS = 4096
+Code = Annotated[str, msgspec.Meta(max_length=MAX_CODE_CHARS)]
+Detail = Annotated[str, msgspec.Meta(max_length=MAX_DETAIL_CHARS)]
+ErrorMessage = Annotated[str, msgspec.Meta(max_length=MAX_ERROR_MESSAGE_CHARS)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 
 __all__ = [
     "RESULT_SIGNING_PREFIX",
@@ -116,8 +126,8 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True, tag="refusal"):
     job_id: str
     bid_seq: int
     peer_id: str
-    reason: str
-    detail: str = ""
+    reason: Code
+    detail: Detail = ""
 
 
 class AgreementTerms(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,10 +160,10 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True, tag="agreement"):
 
 
 class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
-    fuel: int = 0
-    wall_ms: int = 0
-    peak_memory_bytes: int = 0
-    output_bytes: int = 0
+    fuel: Count = 0
+    wall_ms: Count = 0
+    peak_memory_bytes: Count = 0
+    output_bytes: Count = 0
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):
@@ -178,8 +188,8 @@ class JobResult(msgspec.Struct, frozen=True, kw_only=True, tag="job_result"):
     stdout_sha256: bytes
     stderr_sha256: bytes
     exit_code: int | None
-    error_code: str = ""
-    error_message: str = ""
+    error_code: Code = ""
+    error_message: ErrorMessage = ""
     signature: bytes = b""
 
 
@@ -192,7 +202,7 @@ class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
 
     job_id: str
     peer_id: str
-    reason: str = "cancelled"
+    reason: Code = "cancelled"
 
 
 MarketMessage = Quote | Refusal | Agreement | Heartbeat | JobResult | Cancel

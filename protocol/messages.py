@@ -12,6 +12,8 @@ with defaults. Golden encodings under tests/data/wire/ must keep decoding.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 OFFERS_TOPIC = "/mask/offers/1"
@@ -44,9 +46,10 @@ class IdentityRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Gpu(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
+    # shown in every peer's `mask offers` and `mask top`: bounded at decoding
+    name: Annotated[str, msgspec.Meta(max_length=256)]
     memory_mb: int
-    uuid: str = ""
+    uuid: Annotated[str, msgspec.Meta(max_length=128)] = ""
 
 
 class Prices(msgspec.Struct, frozen=True, kw_only=True):

@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from protocol.market import (
+    MAX_CODE_CHARS,
+    MAX_DETAIL_CHARS,
+    MAX_ERROR_MESSAGE_CHARS,
     Agreement,
     Cancel,
     Heartbeat,
@@ -444,8 +447,9 @@ class ProviderCore:
             stdout_sha256=o.stdout_sha256,
             stderr_sha256=o.stderr_sha256,
             exit_code=o.exit_code,
-            error_code=o.error_code,
-            error_message=o.error_message,
+            # bounded like the peer's decoder bounds them (protocol.market)
+            error_code=o.error_code[:MAX_CODE_CHARS],
+            error_message=o.error_message[:MAX_ERROR_MESSAGE_CHARS],
         )
         result = msgspec.structs.replace(result, signature=self._keys.sign_result(result))
         usage = msgspec.to_builtins(o.usage)
@@ -592,8 +596,8 @@ class ProviderCore:
                 job_id=job_id,
                 bid_seq=seq,
                 peer_id=self.config.peer_id,
-                reason=reason,
-                detail=detail,
+                reason=reason[:MAX_CODE_CHARS],
+                detail=detail[:MAX_DETAIL_CHARS],
             ),
         )
 
