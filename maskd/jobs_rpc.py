@@ -30,6 +30,7 @@ from scheduler.spec import JobSpec, load_spec
 from scheduler.store import JobRow
 from storage.carfile import export_car, read_file_at
 from storage.exporter import export_to_path
+from storage.service import disk_limits
 from worker.wasm import WasmLimits
 
 REF_FETCH_TIMEOUT_S = 120.0
@@ -132,7 +133,8 @@ class JobsRpc:
 
         def place(ref, dest: Path) -> None:
             if ref.kind == "cid":
-                export_to_path(ref.value, store.get, str(dest))
+                # a DAG from peers: no links, and never more than the disk holds
+                export_to_path(ref.value, store.get, str(dest), limits=disk_limits(str(dest)))
             elif Path(ref.value).is_dir():
                 shutil.copytree(ref.value, dest)
             else:
