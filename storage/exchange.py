@@ -308,6 +308,7 @@ class BlockExchange:
         *,
         progress: ProgressFn | None = None,
         pin: bool = False,
+        max_bytes: int | None = None,
     ) -> FetchResult:
         """Fetch every block of the DAG at ``root`` that the store lacks; with
         ``pin``, pin the root once the DAG is complete.
@@ -318,24 +319,30 @@ class BlockExchange:
         still unpinned blocks. A caller that uses the DAG afterwards without pinning
         it (an export) must hold ``store.lease(root)`` across the fetch and the use.
 
+        ``max_bytes`` bounds the block bytes received from all peers together,
+        counted as they arrive (not by the sizes links declare, which a peer
+        chooses): past it the fetch fails ``too_large``.
+
         Raises StorageError: ``no_peers``, ``fetch_failed``, ``block_unavailable``,
-        or the store's own (``store_full``, …); blocks stored before an error stay
+        ``too_large``, or the store's own (``store_full``, …); blocks stored before an error stay
         (unpinned: whole and valid, and ``gc`` removes them).
         """
         root = canonical(root)
         guard = self.store.writing()
         await self._run_blocking(guard.__enter__)
         try:
-            result = await self._fetch(root, peers, progress)
+            result = await self._fetch(root, peers, progress, max_bytes)
             if pin:
                 await self._run_blocking(self.store.pin, root)
             return result
         finally:
             guard.__exit__(None, None, None)
 
-    async def _fetch(self, root: str, peers: Sequence[str], progress) -> FetchResult:
+    async def _fetch(
+        self, root: str, peers: Sequence[str], progress, max_bytes: int | None = None
+    ) -> FetchResult:
         missing = await self._run_blocking(self.store.missing, root)
-        fetch = FetchState(self.settings, progress)
+        fetch = FetchState(self.settings, progress, max_bytes=max_bytes)
         if not missing:
             return FetchResult(root, 0, 0, {}, {})
         chosen = list(dict.fromkeys(peers))[: self.settings.max_peers]
@@ -505,6 +512,8 @@ class BlockExchange:
                 if cid not in pending:
                     raise FrameError("unsolicited", f"block {cid}")
                 pending.discard(cid)
+            if not fetch.received(sum(len(data) for _, data in msg.blocks)):
+                return  # over the fetch's byte budget: it has failed, store nothing more
             to_store.send_nowait(
                 _Arrival(msg.blocks, sum(hints[cid] for cid, _ in msg.blocks), reservation)
             )

@@ -113,6 +113,8 @@ class FetchState:
     dag_bytes: int | None = None
     error: StorageError | None = None
     changed: trio.Event = field(default_factory=trio.Event)
+    max_bytes: int | None = None  # block bytes this fetch may receive, from all peers
+    bytes_received: int = 0
 
     def _notify(self) -> None:
         self.changed.set()
@@ -217,6 +219,22 @@ class FetchState:
                     )
                 )
                 return
+
+    def received(self, nbytes: int) -> bool:
+        """Count block bytes as they arrive (before they are stored); False, and
+        the fetch fails ``too_large``, once they pass ``max_bytes``."""
+        self.bytes_received += nbytes
+        if self.max_bytes is None or self.bytes_received <= self.max_bytes:
+            return True
+        self.fail(
+            StorageError(
+                f"the DAG is larger than {self.max_bytes:,} bytes: {self.bytes_received:,}"
+                " arrived and it is not complete",
+                code="too_large",
+                hint="the DAG is bigger than it was said to be, or than this node accepts",
+            )
+        )
+        return False
 
     def fail(self, error: StorageError) -> None:
         if self.error is None:

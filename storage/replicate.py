@@ -359,8 +359,16 @@ class Replicator:
         lease = self.store.lease(cid)
         await self._blocking(lease.__enter__)
         try:
-            result = await self.exchange.fetch_dag(cid, sources, progress=on_progress)
             limit = min(declared_limit, room)
+            try:
+                # bytes counted as they arrive, whatever the DAG's links claim
+                result = await self.exchange.fetch_dag(
+                    cid, sources, progress=on_progress, max_bytes=limit
+                )
+            except StorageError as exc:
+                if exc.code == "too_large":  # over the budget: say which bound it broke
+                    check(limit + 1)
+                raise
             size = await self._blocking(measure_dag, self.store, cid, limit)
             check(size)
             was_pinned = cid in await self._blocking(self.store.pins)
