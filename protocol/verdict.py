@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     BAD_FIELD = "bad_field"
     WRONG_TOPIC = "wrong_topic"  # offers: a body of another kind on the offers topic
     DEADLINE_PASSED = "deadline_passed"  # bids: the job's deadline is already past
+    RATE_LIMITED = "rate_limited"  # bids: the requester is over its bid rate (not relayed)
     # Decided by the p2p shell, outside any pipeline:
     VALIDATOR_ERROR = "validator_error"
     GARBAGE_FRAME = "garbage_frame"

@@ -33,7 +33,7 @@ from protocol.identity import sign_gossip
 from protocol.market import BidValidator, JobBid, decode_market, encode_market
 from protocol.messages import BIDS_TOPIC
 from protocol.supervisor import Supervisor, TaskFailure
-from protocol.verdict import Outcome, Verdict
+from protocol.verdict import Outcome, Reason, Verdict
 from scheduler import provider as pv
 from scheduler import requester as rq
 from scheduler.async_store import AsyncStore, InlineStore, ThreadedStore
@@ -375,8 +375,13 @@ class ProviderService(_Shell):
 
     def deliver_bid(self, source: str, data: bytes) -> Outcome[JobBid]:
         """Gossip from ``/mask/bids/1``; the verdict goes back to the mesh for scoring."""
-        outcome = self.validator.validate(data, source=source, now=self._clock())
+        now = self._clock()
+        outcome = self.validator.validate(data, source=source, now=now)
         if outcome.verdict is Verdict.ACCEPT:
+            if self.core.over_bid_rate(outcome.message.peer_id, now):
+                # a flood: dropped here, and not relayed to the rest of the mesh
+                self.core.counters["bid_rate_limited"] += 1
+                return Outcome(Verdict.IGNORE, Reason.RATE_LIMITED)
             self._enqueue(("bid", outcome.message))
         return outcome
 

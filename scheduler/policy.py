@@ -259,6 +259,13 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def would_allow(self, key: str, now: float) -> bool:
+        """Whether ``key`` has a token now; takes none (a key never seen has a full bucket)."""
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        if now > at:
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+        return tokens >= 1
+
     def allow(self, key: str, now: float) -> bool:
         """Take a token for ``key`` if it has one."""
         tokens, at = self._buckets.pop(key, (self.burst, now))

@@ -270,6 +270,11 @@ class ProviderCore:
 
     # --- inputs -----------------------------------------------------------------
 
+    def over_bid_rate(self, requester: str, now: float) -> bool:
+        """Whether ``requester`` has used up its bid rate now (takes no token): the
+        gossip layer then neither delivers nor relays its bid."""
+        return not self._bid_rate.would_allow(requester, now)
+
     def handle_bid(self, bid: JobBid, now: float) -> list[ProviderCommand]:
         """A bid the validation pipeline accepted."""
         if not self._bid_rate.allow(bid.peer_id, now):

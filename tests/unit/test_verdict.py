@@ -38,6 +38,7 @@ def test_reason_values_never_change():
         "bad_field",
         "wrong_topic",
         "deadline_passed",
+        "rate_limited",
         "validator_error",
         "garbage_frame",
     }
