@@ -277,3 +277,12 @@ def test_hostile_jobs_fail_alone_and_the_provider_keeps_serving(cluster, tmp_pat
     assert not provider.call("v1.node.info")["task_failures"]
     row = run_one(requester, hello(tmp_path, "after"))
     assert row["state"] == "completed", row["error"]
+    # everything both nodes wrote (keys, jobs.db, result CARs, unpacked bundles,
+    # work dirs) is owner-only
+    for node in (provider, requester):
+        loose = [
+            (str(p), oct(p.lstat().st_mode & 0o777))
+            for p in node.data_dir.rglob("*")
+            if not p.is_symlink() and p.lstat().st_mode & 0o077
+        ]
+        assert not loose, loose
