@@ -148,7 +148,7 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
-def _is_connection_error(message: dict[str, Any]) -> bool:
+def is_connection_error(message: dict[str, Any]) -> bool:
     """An unasked error with ``"id": null``: about the connection, or about a
     request the daemon could not read (so, on a call's connection, ours)."""
     return "id" in message and message["id"] is None and message.get("error") is not None
@@ -173,7 +173,7 @@ def _reply(path: Path, message: dict[str, Any], req_id: int) -> tuple[bool, Any]
         raise _too_deep(path)
     if message.get("id") == req_id:
         return True, _answer(message)
-    if _is_connection_error(message):
+    if is_connection_error(message):
         _raise_connection_error(path, message)
     return False, None  # a late answer to a call that timed out earlier
 
@@ -267,7 +267,7 @@ class Client:
                     elif message.get("id") == req_id:
                         _answer(message)
                         return
-                    elif _is_connection_error(message):
+                    elif is_connection_error(message):
                         _raise_connection_error(self.socket_path, message)
             except (OSError, _Retry) as exc:
                 raise _gone(self.socket_path) from exc
@@ -406,7 +406,7 @@ class TrioClient:
                     elif message.get("id") == req_id:
                         _answer(message)
                         return
-                    elif _is_connection_error(message):
+                    elif is_connection_error(message):
                         _raise_connection_error(self.socket_path, message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, _Retry) as exc:
                 raise _gone(self.socket_path) from exc

@@ -24,7 +24,7 @@ from worker.results import (
 if TYPE_CHECKING:
     from worker.wasm import WasmLimits
 
-_PAGE = 65536
+WASM_PAGE_BYTES = 65536  # one page of wasm linear memory
 
 
 class Outcome:
@@ -123,4 +123,4 @@ class Outcome:
 
 def _near_limit(peak: int, limit: int) -> bool:
     """Within one page or 1/8 of the limit: where a failed growth most likely left it."""
-    return peak > 0 and limit - peak < max(_PAGE, limit // 8)
+    return peak > 0 and limit - peak < max(WASM_PAGE_BYTES, limit // 8)

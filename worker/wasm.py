@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import wasmtime
 
-from worker.outcome import Outcome
+from worker.outcome import WASM_PAGE_BYTES, Outcome
 from worker.results import (
     ExecError,
     ExecErrorCode,
@@ -81,7 +81,6 @@ __all__ = [
     "run_wasm",
 ]
 
-_PAGE = 65536
 _TICK_SECONDS = 0.010
 _GUARD_INTERVAL_S = 0.1  # check a running job's outputs at most every ~100 ms
 _LOG_HARD_FACTOR = 16  # stop a job whose log grows past 16x the cap (disk guard)
@@ -101,8 +100,8 @@ class WasmLimits:
     max_log_bytes: int = 1 << 20  # stdout and stderr, each; kept, truncated past this
 
     def __post_init__(self) -> None:
-        if self.memory_bytes < _PAGE:
-            raise ValueError(f"memory_bytes must be at least one wasm page ({_PAGE})")
+        if self.memory_bytes < WASM_PAGE_BYTES:
+            raise ValueError(f"memory_bytes must be at least one wasm page ({WASM_PAGE_BYTES})")
         if not self.max_seconds > 0:
             raise ValueError("max_seconds must be > 0")
         if self.max_fuel is not None and not 0 < self.max_fuel <= _UNLIMITED_FUEL:

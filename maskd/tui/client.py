@@ -25,6 +25,7 @@ from maskd.client import (
     MAX_RESPONSE_NESTING,
     daemon_busy,
     daemon_unavailable,
+    is_connection_error,
 )
 from maskd.rpc import LineFramer, LineTooLong, encode_message, error_from_response
 from protocol.codec import decode_json
@@ -127,7 +128,7 @@ class _Connection:
 def _check_connection_error(path: Path, message: dict[str, Any]) -> None:
     """An ``id: null`` error is about the connection: a daemon at its connection
     limit is busy (not stopped); after an idle close the TUI reconnects."""
-    if not ("id" in message and message["id"] is None and message.get("error") is not None):
+    if not is_connection_error(message):
         return
     error = error_from_response(message["error"])
     if error.code == "rpc_busy":
