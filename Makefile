@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed-stamp
 JSIPFS_STAMP := .jsipfs/.installed-stamp
 
-.PHONY: all install jsipfs demo test test-fast test-integration lint bench lock clean wasm
+.PHONY: all install jsipfs anvil demo test test-fast test-integration lint bench lock clean wasm
 
 all: test
 
@@ -27,18 +27,26 @@ $(JSIPFS_STAMP): scripts/jsipfs/package.json scripts/jsipfs/package-lock.json sc
 
 jsipfs: $(JSIPFS_STAMP)
 
+# anvil 1.7.1 (foundry), the real EVM node the chain tests run: `npm ci` from
+# scripts/anvil/package-lock.json into .anvil/ (a native binary; seconds).
+ANVIL_STAMP := .anvil/.installed-stamp
+$(ANVIL_STAMP): scripts/anvil/package.json scripts/anvil/package-lock.json scripts/anvil/install.sh
+	./scripts/anvil/install.sh
+
+anvil: $(ANVIL_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/mask demo
 
 # Everything: unit, property, component, tui and the multi-process tests.
-test: $(STAMP) $(JSIPFS_STAMP)
+test: $(STAMP) $(JSIPFS_STAMP) $(ANVIL_STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests
 
 # The inner loop: no real processes.
 test-fast: $(STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/property tests/component tests/tui -m "not integration"
 
-test-integration: $(STAMP) $(JSIPFS_STAMP)
+test-integration: $(STAMP) $(JSIPFS_STAMP) $(ANVIL_STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/integration
 
 lint: $(STAMP)
