@@ -20,6 +20,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 
+from ledger.vouchers import Domain, sign_voucher
 from protocol.market import AgreementTerms, JobResult, result_signing_bytes
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 
 DOMAIN_NAME = "maskd"
 DOMAIN_VERSION = "1"
-#: The escrow's address until the ledger issue deploys one.
+#: The domain's contract when no chain is configured (``chain.backend = "off"``).
 ZERO_ADDRESS = "0x" + "00" * 20
 
 AGREEMENT_TYPES: dict[str, list[dict[str, str]]] = {
@@ -131,9 +132,11 @@ def verify_result(result: JobResult, account: str) -> bool:
 class AccountKeys:
     """``protocol.market.MarketKeys`` over one account key, for the market cores."""
 
-    def __init__(self, account_key: bytes):
+    def __init__(self, account_key: bytes, domain: Domain | None = None):
         self._key = account_key
         self._account = Account.from_key(account_key).address
+        #: the escrow this node settles with: vouchers are signed in its domain
+        self.domain = domain or Domain(31337, ZERO_ADDRESS)
 
     @property
     def account(self) -> str:
@@ -150,6 +153,9 @@ class AccountKeys:
 
     def verify_result(self, result: JobResult, account: str) -> bool:
         return verify_result(result, account)
+
+    def sign_voucher(self, provider_account: str, cumulative: int) -> bytes:
+        return sign_voucher(self.domain, self._key, provider_account, cumulative).signature
 
     def __repr__(self) -> str:  # never the key
         return f"AccountKeys({self._account})"

@@ -100,6 +100,34 @@ class JobsConfig(_Section):
     bid_burst: int = 200
 
 
+ChainBackend = Literal["embedded", "rpc", "off"]
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+#: EIP-7825: the most gas one transaction may use
+TX_GAS_CAP = 16_777_216
+
+
+class ChainConfig(_Section):
+    backend: ChainBackend = "embedded"
+    rpc_url: str = ""
+    chain_id: int = 31337
+    token: str = ""
+    escrow: str = ""
+    confirmations: int = 1
+    timeout_s: float = 10.0
+    poll_interval_s: float = 2.0
+
+
+class LedgerConfig(_Section):
+    batch_max_age_s: float = 30.0
+    batch_max_vouchers: int = 50
+    batch_gas_limit: int = 15_000_000
+    voucher_timeout_s: float = 60.0
+    escrow_cache_s: float = 10.0
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+    embedded_deposit: str = "1000000000000000000000"
+
+
 class Config(_Section):
     node: NodeConfig = NodeConfig()
     identity: IdentityConfig = IdentityConfig()
@@ -108,6 +136,8 @@ class Config(_Section):
     rpc: RpcConfig = RpcConfig()
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
+    chain: ChainConfig = ChainConfig()
+    ledger: LedgerConfig = LedgerConfig()
 
     # -- derived paths --------------------------------------------------
     @property
@@ -262,6 +292,36 @@ def _config_error_from_msgspec(text: str, path: Any) -> ConfigError:
     )
 
 
+def _check_chain(cfg: Config, bad: Any) -> None:
+    chain = cfg.chain
+    for key in ("token", "escrow"):
+        value = getattr(chain, key)
+        if value and not _ADDRESS.match(value):
+            raise bad(
+                f"chain.{key}", f"{value[:64]!r} is not a 0x address", "40 hex digits after 0x"
+            )
+    if chain.backend == "rpc":
+        if not chain.rpc_url.startswith(("http://", "https://")):
+            raise bad(
+                "chain.rpc_url",
+                f"{chain.rpc_url[:64]!r} is not an http(s) URL",
+                'the node\'s JSON-RPC URL, e.g. "http://127.0.0.1:8545" (`mask devnet up '
+                "--chain anvil` writes it for you)",
+            )
+        if not (chain.token and chain.escrow):
+            raise bad(
+                "chain.escrow",
+                "the rpc backend needs the deployed contracts' addresses",
+                "set chain.token and chain.escrow (docs/ledger.md says how to deploy them)",
+            )
+    if not _DIGITS.match(cfg.ledger.embedded_deposit):
+        raise bad(
+            "ledger.embedded_deposit",
+            f"{cfg.ledger.embedded_deposit[:64]!r} is not a whole number of base units",
+            'a decimal string, e.g. "1000000000000000000000" (1000 MASK)',
+        )
+
+
 def _check_meaning(cfg: Config) -> None:
     from multiaddr import Multiaddr
 
@@ -292,6 +352,13 @@ def _check_meaning(cfg: Config) -> None:
         "storage.fetch_timeout_s": cfg.storage.fetch_timeout_s,
         "rpc.idle_timeout_s": cfg.rpc.idle_timeout_s,
         "jobs.bid_rate_per_s": cfg.jobs.bid_rate_per_s,
+        "chain.timeout_s": cfg.chain.timeout_s,
+        "chain.poll_interval_s": cfg.chain.poll_interval_s,
+        "ledger.batch_max_age_s": cfg.ledger.batch_max_age_s,
+        "ledger.voucher_timeout_s": cfg.ledger.voucher_timeout_s,
+        "ledger.escrow_cache_s": cfg.ledger.escrow_cache_s,
+        "ledger.retry_base_s": cfg.ledger.retry_base_s,
+        "ledger.retry_max_s": cfg.ledger.retry_max_s,
     }
     for key, value in positive.items():
         if not value > 0:
@@ -319,6 +386,10 @@ def _check_meaning(cfg: Config) -> None:
         "jobs.max_quotes_per_requester": (cfg.jobs.max_quotes_per_requester, 1, 4096),
         "jobs.bid_burst": (cfg.jobs.bid_burst, 1, 1 << 20),
         "jobs.max_bundle_mb": (cfg.jobs.max_bundle_mb, 1, 4096),
+        "chain.chain_id": (cfg.chain.chain_id, 1, (1 << 53) - 1),
+        "chain.confirmations": (cfg.chain.confirmations, 0, 1000),
+        "ledger.batch_max_vouchers": (cfg.ledger.batch_max_vouchers, 1, 10000),
+        "ledger.batch_gas_limit": (cfg.ledger.batch_gas_limit, 100_000, TX_GAS_CAP),
     }
     for key, (value, lo, hi) in ints.items():
         if not lo <= value <= hi:
@@ -344,6 +415,7 @@ def _check_meaning(cfg: Config) -> None:
             f"{cfg.storage.ipfs_api!r} is not an http(s) URL",
             'the Kubo RPC API address, e.g. "http://127.0.0.1:5001"',
         )
+    _check_chain(cfg, bad)
     if cfg.identity.scrypt_n & (cfg.identity.scrypt_n - 1):
         raise bad(
             "identity.scrypt_n",

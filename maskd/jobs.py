@@ -104,7 +104,7 @@ class Jobs:
         )
         self.requester = RequesterService(
             RequesterCore(
-                RequesterConfig(peer_id=ident.peer_id, identity=ident.record),
+                RequesterConfig(peer_id=ident.peer_id, identity=ident.record, pay=False),
                 keys,
                 offers=node.book.offers,
                 peer_stats=self._peer_stats,
@@ -179,6 +179,7 @@ class Jobs:
             await nursery.start(self.requester.run)
             if self.provider is not None:
                 await nursery.start(self.provider.run)
+            await self.requester.load_channels(await self.store.owed())
             await self.requester.resume(await self.store.open_jobs(role="requester"))
             if self.provider is not None:
                 await self.provider.resume(await self.store.open_jobs(role="provider"))

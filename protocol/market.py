@@ -53,6 +53,7 @@ __all__ = [
     "JobResult",
     "MarketKeys",
     "MarketMessage",
+    "Payment",
     "Quote",
     "Refusal",
     "UsageReport",
@@ -205,7 +206,19 @@ class Cancel(msgspec.Struct, frozen=True, kw_only=True, tag="cancel"):
     reason: Code = "cancelled"
 
 
-MarketMessage = Quote | Refusal | Agreement | Heartbeat | JobResult | Cancel
+class Payment(msgspec.Struct, frozen=True, kw_only=True, tag="payment"):
+    """From the requester once it verified ``job_id``'s result: the channel's
+    next cumulative voucher (EIP-712, ``ledger/vouchers.py``), the total it owes
+    this provider so far, this job included. The channel (requester and provider
+    accounts) and the domain are the agreement's, so they are not repeated."""
+
+    job_id: str
+    peer_id: str  # the requester
+    cumulative: str  # token base units, a decimal uint256
+    signature: bytes
+
+
+MarketMessage = Quote | Refusal | Agreement | Heartbeat | JobResult | Cancel | Payment
 
 _encoder = msgspec.msgpack.Encoder()
 _market_decoder = msgspec.msgpack.Decoder(MarketMessage)
@@ -246,6 +259,8 @@ class MarketKeys(Protocol):
     def sign_result(self, result: JobResult) -> bytes: ...
 
     def verify_result(self, result: JobResult, account: str) -> bool: ...
+
+    def sign_voucher(self, provider_account: str, cumulative: int) -> bytes: ...
 
 
 # --- bid validation ----------------------------------------------------------

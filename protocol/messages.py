@@ -82,6 +82,9 @@ class ResourceOffer(msgspec.Struct, frozen=True, kw_only=True, tag="offer"):
     addrs: tuple[str, ...] = ()
     issued_at: float = 0.0
     expires_at: float = 0.0
+    #: MASK base units staked in the escrow, as the provider last read it (a
+    #: decimal string; the chain is the authority, this is for display and choice)
+    stake: str = "0"
 
 
 class OfferWithdrawal(msgspec.Struct, frozen=True, kw_only=True, tag="offer_withdrawal"):

@@ -44,6 +44,7 @@ __all__ = [
     "AsyncStore",
     "Gossip",
     "InlineStore",
+    "Ledger",
     "Outputs",
     "ProviderService",
     "RequesterService",
@@ -82,6 +83,27 @@ class Worker(Protocol):
     async def execute(self, job_id: str, agreement: Any) -> pv.ExecutionOutcome: ...
 
     async def store_output(self, job_id: str) -> str: ...
+
+
+class Ledger(Protocol):
+    """Provider side: the money the market needs (``ledger/service.py`` behind
+    ``maskd/ledger_link.py``; ``scheduler.testing.FakeLedger`` in tests)."""
+
+    def funds(self, account: str) -> pv.Funds | None:
+        """The cached view of a requester's escrow; no I/O."""
+
+    def funds_fresh(self, account: str) -> bool: ...
+
+    async def refresh_funds(self, account: str) -> None:
+        """Read the requester's escrow from the chain into the cache (never raises)."""
+
+    async def expect(
+        self, job_id: str, requester_peer: str, requester_account: str, price: int
+    ) -> None:
+        """Persist that a result went out and a voucher is due for it."""
+
+    async def payment(self, source: str, payment: Any) -> None:
+        """Check a ``Payment`` and keep its voucher (never raises for bad input)."""
 
 
 class _Shell:
@@ -290,6 +312,13 @@ class RequesterService(_Shell):
         await self._inbox_send.send(("wake",))  # the timers changed
         return job_id
 
+    async def load_channels(self, owed: list) -> None:
+        """The channels' cumulative totals from the store's owed rows; the latest
+        voucher of recently paid channels goes out again (a crash may have eaten it)."""
+        async with self._lock:
+            now = self._clock()
+            await self._execute(self.core.load_channels(owed, now), now)
+
     async def cancel(self, job_id: str) -> None:
         async with self._lock:
             now = self._clock()
@@ -352,6 +381,7 @@ class ProviderService(_Shell):
         worker: Worker,
         clock: Callable[[], float],
         validator: BidValidator | None = None,
+        ledger: Ledger | None = None,
         inbox_size: int = 1024,
         max_tasks: int = 1024,
         supervisor: Supervisor | None = None,
@@ -366,6 +396,9 @@ class ProviderService(_Shell):
         )
         self.core = core
         self.validator = validator or BidValidator()
+        self._ledger = ledger
+        # bids waiting for their requester's escrow to be read, per account
+        self._awaiting_funds: dict[str, list[JobBid]] = {}
         self._worker = worker
         self._payloads: dict[str, pv.FetchPayload] = {}
         self._executions: dict[str, trio.CancelScope] = {}
@@ -382,8 +415,35 @@ class ProviderService(_Shell):
                 # a flood: dropped here, and not relayed to the rest of the mesh
                 self.core.counters["bid_rate_limited"] += 1
                 return Outcome(Verdict.IGNORE, Reason.RATE_LIMITED)
-            self._enqueue(("bid", outcome.message))
+            self._bid_when_funded(outcome.message)
         return outcome
+
+    def _bid_when_funded(self, bid: JobBid) -> None:
+        """Hand the bid to the core once the requester's escrow is known: a fresh
+        cache answers at once; otherwise one read per account is in flight and
+        the bids that arrive meanwhile wait for it (bounded like the inbox)."""
+        ledger, account = self._ledger, bid.identity.account
+        if ledger is None or not self.core.config.paid or ledger.funds_fresh(account):
+            self._enqueue(("bid", bid))
+            return
+        waiting = self._awaiting_funds.get(account)
+        if waiting is not None:
+            if len(waiting) >= self.core.config.max_quotes_per_requester:
+                self.drops["awaiting_funds_full"] += 1
+                return
+            waiting.append(bid)
+            return
+        if not self._spawn("escrow_read", self._read_funds, account, context=account):
+            return
+        self._awaiting_funds[account] = [bid]
+
+    async def _read_funds(self, account: str) -> None:
+        assert self._ledger is not None
+        try:
+            await self._ledger.refresh_funds(account)
+        finally:
+            for bid in self._awaiting_funds.pop(account, []):
+                self._enqueue(("bid", bid))
 
     def _on_event(self, event: tuple, now: float) -> list:
         kind = event[0]
@@ -401,7 +461,15 @@ class ProviderService(_Shell):
         return []
 
     async def _run_command(self, cmd: Any, now: float) -> bool:
-        if isinstance(cmd, pv.FetchPayload):
+        if isinstance(cmd, pv.ExpectPayment):
+            if self._ledger is not None:
+                await self._ledger.expect(
+                    cmd.job_id, cmd.requester_peer, cmd.requester_account, cmd.price
+                )
+        elif isinstance(cmd, pv.ForwardPayment):
+            if self._ledger is not None:
+                await self._ledger.payment(cmd.source, cmd.payment)
+        elif isinstance(cmd, pv.FetchPayload):
             self._payloads[cmd.job_id] = cmd
         elif isinstance(cmd, pv.StartExecution):
             scope = trio.CancelScope()

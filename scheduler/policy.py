@@ -49,6 +49,9 @@ class RefusalReason(enum.StrEnum):
     BUSY = "busy"
     #: this requester already holds the provider's most open quotes per requester
     TOO_MANY_QUOTES = "too_many_quotes"
+    #: the requester's escrow deposit (less what it is taking back) does not cover
+    #: what it owes this provider plus this job (read on chain, cached)
+    INSUFFICIENT_ESCROW = "insufficient_escrow"
 
 
 @dataclass(frozen=True, slots=True)

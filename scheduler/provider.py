@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -54,6 +55,7 @@ from protocol.market import (
     JobResult,
     MarketKeys,
     MarketMessage,
+    Payment,
     Quote,
     Refusal,
     UsageReport,
@@ -67,6 +69,9 @@ from scheduler.store import CreateJob, JobRow, RecordTransition
 
 __all__ = [
     "AbortExecution",
+    "ExpectPayment",
+    "ForwardPayment",
+    "Funds",
     "ExecutionOutcome",
     "failed_outcome",
     "FetchPayload",
@@ -103,6 +108,21 @@ class ProviderConfig:
     bid_rate_peers: int = 4096  # requesters whose bid rate is remembered (LRU)
     quote_ttl_s: float = 30.0
     start_margin_s: float = 5.0
+    #: the escrow this provider is paid through: agreements must name it
+    chain_id: int = 31337
+    verifying_contract: str = "0x" + "00" * 20
+    #: check the requester's escrow before quoting, and expect a voucher per job
+    paid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Funds:
+    """A requester's money as the provider's ledger sees it (base units):
+    ``available`` in the escrow (on chain, cached) and what it already ``owes``
+    this provider for delivered jobs not yet settled."""
+
+    available: int
+    owes: int
 
 
 # --- commands ----------------------------------------------------------------
@@ -118,6 +138,24 @@ class SendQuote:
 class SendRefusal:
     peer_id: str
     message: Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectPayment:
+    """A result went out: the ledger waits for the requester's voucher for it."""
+
+    job_id: str
+    requester_peer: str
+    requester_account: str
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPayment:
+    """A requester's ``Payment``: the ledger checks and keeps the voucher."""
+
+    source: str
+    payment: Payment
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +209,9 @@ class StoreOutput:
 
 
 ProviderCommand = (
-    CreateJob
+    ExpectPayment
+    | ForwardPayment
+    | CreateJob
     | RecordTransition
     | SendQuote
     | SendRefusal
@@ -234,9 +274,18 @@ class _Job:
 
 
 class ProviderCore:
-    def __init__(self, config: ProviderConfig, keys: MarketKeys):
+    def __init__(
+        self,
+        config: ProviderConfig,
+        keys: MarketKeys,
+        *,
+        funds: Callable[[str], Funds | None] = lambda account: None,
+    ):
+        """``funds(requester_account)`` reads the ledger's cached view of a
+        requester's escrow (no I/O; None: unknown, which refuses when ``paid``)."""
         self.config = config
         self._keys = keys
+        self._funds = funds
         # keyed by (requester peer, job id): job ids are only unique per requester
         self._reservations: dict[tuple[str, str], _Reservation] = {}
         self._quotes_held: Counter[str] = Counter()  # open quotes per requester
@@ -305,6 +354,12 @@ class ProviderCore:
             self.counters[f"refused_{decision.reason.value}"] += 1
             reason = decision.reason.value
             return [self._decline(bid.peer_id, bid.job_id, reason, decision.detail, bid.seq)]
+        if self.config.paid:
+            short = self._escrow_short(bid.identity.account, decision.price_total)
+            if short is not None:
+                self.counters["refused_insufficient_escrow"] += 1
+                reason = policy.RefusalReason.INSUFFICIENT_ESCROW.value
+                return [self._decline(bid.peer_id, bid.job_id, reason, short, bid.seq)]
         self._reservations[key] = _Reservation(bid, decision.price_total, decision.valid_until)
         self._quotes_held[bid.peer_id] += 1
         quote = Quote(
@@ -320,9 +375,32 @@ class ProviderCore:
         )
         return [SendQuote(bid.peer_id, quote)]
 
+    def _escrow_short(self, account: str, price: int) -> str | None:
+        """Why the requester's escrow cannot pay ``price`` now, or None if it can."""
+        funds = self._funds(account)
+        if funds is None:
+            return "the requester's escrow could not be read from the chain"
+        running = sum(
+            int(j.agreement.terms.price_total)
+            for j in self._jobs.values()
+            if j.agreement.terms.requester_account == account
+        )
+        need = funds.owes + running + price
+        if funds.available >= need:
+            return None
+        return (
+            f"escrow available {funds.available}, owed here {funds.owes + running}, "
+            f"this job {price} (base units)"
+        )
+
     def handle_message(
         self, source: str, message: MarketMessage, now: float
     ) -> list[ProviderCommand]:
+        if isinstance(message, Payment):
+            if not self.config.paid:
+                self.counters["payment_unexpected"] += 1
+                return []
+            return [ForwardPayment(source, message)]
         if isinstance(message, Agreement):
             return self._on_agreement(source, message, now)
         if isinstance(message, Cancel):
@@ -398,6 +476,15 @@ class ProviderCore:
             return "the limits differ from the bid"
         if t.deadline != bid.deadline or t.spec_cid != bid.spec_cid:
             return "the deadline or spec differs from the bid"
+        if (t.chain_id, t.verifying_contract.lower()) != (
+            self.config.chain_id,
+            self.config.verifying_contract.lower(),
+        ):
+            return (
+                f"the agreement is for escrow {t.verifying_contract[:42]} on chain "
+                f"{t.chain_id}; this provider is paid by {self.config.verifying_contract} "
+                f"on chain {self.config.chain_id}"
+            )
         if not 100 <= t.heartbeat_interval_ms <= 600_000:
             return "heartbeat interval out of range"
         if not self._keys.verify_agreement(t, a.requester_signature, t.requester_account):
@@ -466,7 +553,13 @@ class ProviderCore:
         if o.error_code:
             error = {"code": o.error_code, "message": o.error_message}
             return [*sent, self._transition(job, JobEvent.FAILED, error=error)]
-        return [*sent, self._transition(job, JobEvent.VERIFIED)]
+        done: list[ProviderCommand] = [*sent, self._transition(job, JobEvent.VERIFIED)]
+        if self.config.paid:
+            t = job.agreement.terms
+            done.insert(
+                0, ExpectPayment(job_id, t.requester_peer, t.requester_account, int(t.price_total))
+            )
+        return done
 
     def duplicate_job(self, job_id: str, now: float) -> list[ProviderCommand]:
         """The store refused to create ``job_id``: a job with that id ran here before

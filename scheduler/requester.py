@@ -50,6 +50,7 @@ from protocol.market import (
     JobResult,
     MarketKeys,
     MarketMessage,
+    Payment,
     Quote,
     Refusal,
     UsageReport,
@@ -73,6 +74,7 @@ __all__ = [
     "RequesterJob",
     "SendAgreement",
     "SendCancel",
+    "SendPayment",
 ]
 
 ROLE = "requester"
@@ -103,6 +105,12 @@ class RequesterConfig:
     max_open_jobs: int = 10_000
     max_quotes_per_job: int = 64
     finished_kept: int = 4096  # finished jobs remembered, to recognise late results
+    #: sign and send each verified job's cumulative voucher (``Payment``); off
+    #: only when no chain is configured (``chain.backend = "off"``)
+    pay: bool = True
+    #: on a restart, send again the latest voucher of channels paid this recently
+    #: (the provider may never have received it; a duplicate pays nothing twice)
+    resend_vouchers_s: float = 86400.0
 
 
 # --- commands ----------------------------------------------------------------
@@ -148,8 +156,24 @@ class FetchLogs:
     output_cid: str
 
 
+@dataclass(frozen=True, slots=True)
+class SendPayment:
+    """The channel's cumulative voucher, to the provider (after the owed row is
+    persisted, so the total it carries is never more than the store holds)."""
+
+    peer_id: str
+    message: Payment
+
+
 RequesterCommand = (
-    CreateJob | RecordTransition | PublishBid | SendAgreement | SendCancel | FetchOutput | FetchLogs
+    CreateJob
+    | RecordTransition
+    | PublishBid
+    | SendAgreement
+    | SendCancel
+    | FetchOutput
+    | FetchLogs
+    | SendPayment
 )
 
 
@@ -244,6 +268,8 @@ class RequesterCore:
         self._queue: deque[str] = deque()  # queued job ids, submission order
         self._admit_check_at: float | None = None
         self.counters: Counter[str] = Counter()
+        # cumulative owed per provider account: the sum of the store's owed rows
+        self.channels: dict[str, int] = {}
 
     # --- queries --------------------------------------------------------------
 
@@ -316,10 +342,42 @@ class RequesterCore:
             error = {"code": "verification_failed", "message": detail}
             return self._finish(job, JobEvent.FAILED, now, error=error) + self._admit(now)
         self.reputation[job.terms.provider_peer] += 1
-        owed = OwedEntry(
-            job.job_id, job.terms.provider_peer, job.terms.provider_account, job.terms.price_total
+        t = job.terms
+        owed = OwedEntry(job.job_id, t.provider_peer, t.provider_account, t.price_total)
+        cmds = self._finish(job, JobEvent.VERIFIED, now, owed=owed)
+        self.channels[t.provider_account] = self.channels.get(t.provider_account, 0) + int(
+            t.price_total
         )
-        return self._finish(job, JobEvent.VERIFIED, now, owed=owed) + self._admit(now)
+        if self.config.pay:
+            cmds.append(self._payment(job.job_id, t.provider_peer, t.provider_account))
+        return cmds + self._admit(now)
+
+    def load_channels(self, owed: Iterable[OwedEntry], now: float) -> list[RequesterCommand]:
+        """Start from the store's owed rows (append-only, one per job): each
+        channel's cumulative is their sum. Channels paid within
+        ``resend_vouchers_s`` get their latest voucher again: a crash may have
+        come between persisting the owed row and sending the voucher."""
+        self.channels = {}
+        last: dict[str, OwedEntry] = {}
+        for entry in owed:
+            account = entry.provider_account
+            self.channels[account] = self.channels.get(account, 0) + int(entry.amount)
+            if entry.recorded_at >= now - self.config.resend_vouchers_s:
+                last[account] = entry
+        if not self.config.pay:
+            return []
+        return [self._payment(e.job_id, e.provider_peer, account) for account, e in last.items()]
+
+    def _payment(self, job_id: str, provider_peer: str, provider_account: str) -> SendPayment:
+        cumulative = self.channels[provider_account]
+        payment = Payment(
+            job_id=job_id,
+            peer_id=self.config.peer_id,
+            cumulative=str(cumulative),
+            signature=self._keys.sign_voucher(provider_account, cumulative),
+        )
+        self.counters["vouchers_signed"] += 1
+        return SendPayment(provider_peer, payment)
 
     def resume(self, row: JobRow, now: float) -> list[RequesterCommand]:
         """Pick up a job a previous run of the daemon left open (``store.open_jobs``)."""

@@ -114,6 +114,7 @@ def test_gpu_job_with_a_free_gpu_is_quoted() -> None:
 
 def test_reasons_are_a_fixed_set() -> None:
     assert {r.value for r in RefusalReason} == {
+        "insufficient_escrow",
         "executor_unsupported",
         "insufficient_cpu",
         "insufficient_memory",
