@@ -9,6 +9,8 @@
   or a hang (a provider that never finishes); it records what it ran.
 - :class:`FakeOutputs` is the requester's output fetcher, over the CIDs the
   fake workers stored.
+- :class:`FakeLedger` is a provider's ledger: escrow balances the test sets,
+  and the expected jobs and payments, recorded.
 
 Everything is deterministic: no threads, no real time; durations are trio
 sleeps, so ``MockClock(autojump_threshold=0)`` makes them instant.
@@ -25,9 +27,9 @@ from typing import Any
 import trio
 
 from protocol.market import Agreement, UsageReport
-from scheduler.provider import ExecutionOutcome
+from scheduler.provider import ExecutionOutcome, Funds
 
-__all__ = ["FakeBus", "FakeOutputs", "FakeStreams", "FakeWorker", "Script"]
+__all__ = ["FakeBus", "FakeLedger", "FakeOutputs", "FakeStreams", "FakeWorker", "Script"]
 
 Handler = Callable[[str, bytes], Any]
 
@@ -205,3 +207,44 @@ class FakeOutputs:
     async def fetch_logs(self, job_id: str, peer_id: str, output_cid: str) -> None:
         await trio.lowlevel.checkpoint()
         self.logs_fetched.append((job_id, output_cid))
+
+
+class FakeLedger:
+    """The provider's ``scheduler.market.Ledger`` in memory: escrow balances set
+    by the test (read through a counted, awaitable refresh), expected jobs and
+    the payments that arrived, in order."""
+
+    def __init__(self, balances: dict[str, int] | None = None, owes: int = 0):
+        self.balances = dict(balances or {})
+        self.owes = owes
+        self.fresh: set[str] = set()
+        self.reads: list[str] = []
+        self.expected: list[tuple[str, str, str, int]] = []
+        self.payments: list[tuple[str, Any]] = []
+        self.changed = trio.Event()
+        self.release = trio.Event()  # refreshes wait for this when ``hold`` is set
+        self.hold = False
+
+    def funds(self, account: str) -> Funds | None:
+        if account not in self.fresh or account not in self.balances:
+            return None
+        return Funds(available=self.balances[account], owes=self.owes)
+
+    def funds_fresh(self, account: str) -> bool:
+        return account in self.fresh
+
+    async def refresh_funds(self, account: str) -> None:
+        self.reads.append(account)
+        if self.hold:
+            await self.release.wait()
+        self.fresh.add(account)
+
+    async def expect(
+        self, job_id: str, requester_peer: str, requester_account: str, price: int
+    ) -> None:
+        self.expected.append((job_id, requester_peer, requester_account, price))
+
+    async def payment(self, source: str, payment: Any) -> None:
+        self.payments.append((source, payment))
+        self.changed.set()
+        self.changed = trio.Event()

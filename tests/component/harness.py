@@ -22,7 +22,14 @@ from scheduler.provider import ProviderConfig, ProviderCore
 from scheduler.requester import RequesterConfig, RequesterCore
 from scheduler.spec import ContentRef, JobSpec, Price, Resources
 from scheduler.store import JobStore
-from scheduler.testing import FakeBus, FakeOutputs, FakeStreams, FakeWorker, Script
+from scheduler.testing import (
+    FakeBus,
+    FakeLedger,
+    FakeOutputs,
+    FakeStreams,
+    FakeWorker,
+    Script,
+)
 from tests.factories import Peer
 
 #: Virtual seconds: under autojump a wait that can never end fails here, not by hanging.
@@ -93,7 +100,13 @@ class Market:
         return self.requester
 
     async def add_provider(
-        self, n: int, *, script: Callable[[str], Script] | None = None, cpu: int = 16, **config
+        self,
+        n: int,
+        *,
+        script: Callable[[str], Script] | None = None,
+        cpu: int = 16,
+        ledger: FakeLedger | None = None,
+        **config,
     ) -> Node:
         peer = Peer(n)
         store = JobStore(self.root / f"provider{n}.db")
@@ -107,6 +120,7 @@ class Market:
                 **config,
             ),
             AccountKeys(peer.account_key),
+            funds=ledger.funds if ledger is not None else (lambda account: None),
         )
         worker = FakeWorker(peer.peer_id, script=script, outputs=self.outputs)
         service = ProviderService(
@@ -115,6 +129,7 @@ class Market:
             transport=self.streams.endpoint(peer.peer_id),
             worker=worker,
             clock=trio.current_time,
+            ledger=ledger,
         )
         self.streams.register(peer.peer_id, service.deliver)
         self.bus.subscribe(peer.peer_id, BIDS_TOPIC, service.deliver_bid)
