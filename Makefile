@@ -69,3 +69,28 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .devnet .demo .jsipfs
+
+# The Solidity contracts (docs/ledger.md): `make contracts` compiles
+# contracts/src with the pinned solc-js into contracts/build/*.json, which are
+# committed; `make contracts-check` rebuilds into a temp dir and fails if the
+# committed artifacts differ.
+CONTRACTS_STAMP := contracts/node_modules/.installed-stamp
+.PHONY: contracts contracts-check
+
+$(CONTRACTS_STAMP): contracts/package.json contracts/package-lock.json contracts/install.sh
+	./contracts/install.sh
+
+contracts: $(CONTRACTS_STAMP)
+	node contracts/build.js
+
+contracts-check: $(CONTRACTS_STAMP)
+	@tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && \
+	node contracts/build.js "$$tmp" && \
+	if diff -r contracts/build "$$tmp" >/dev/null; then \
+	  echo "contracts/build matches a fresh build of contracts/src"; \
+	else \
+	  diff -rq contracts/build "$$tmp" | sed "s|$$tmp|<fresh build>|"; \
+	  echo "error: contracts/build differs from a fresh build of contracts/src" >&2; \
+	  echo "hint: run 'make contracts' and commit contracts/build" >&2; \
+	  exit 1; \
+	fi
