@@ -94,12 +94,13 @@ def read_passphrase(passphrase_file: str, env: dict[str, str] | None = None) -> 
     return env.get("MASK_PASSPHRASE", "")
 
 
-def load_node_identity(cfg: Any, *, env: Mapping[str, str] | None = None, now: int) -> NodeIdentity:
-    """The daemon's keys, under the config's policy (``cfg`` is a ``maskd.config.Config``).
+def node_passphrase(cfg: Any, *, env: Mapping[str, str] | None = None) -> str:
+    """The account keystore's passphrase, under the config's policy.
 
     Outside a devnet (``identity.allow_empty_passphrase = false``, the default)
     an empty passphrase is refused, for a new keystore and for an existing one:
-    a keystore anyone can open protects nothing.
+    a keystore anyone can open protects nothing. The daemon and ``mask wallet``
+    read it here, so both open the same keystore the same way.
     """
     passphrase = read_passphrase(cfg.identity.passphrase_file, env)
     if not passphrase and not cfg.identity.allow_empty_passphrase:
@@ -113,6 +114,13 @@ def load_node_identity(cfg: Any, *, env: Mapping[str, str] | None = None, now: i
             ),
             code="passphrase_required",
         )
+    return passphrase
+
+
+def load_node_identity(cfg: Any, *, env: Mapping[str, str] | None = None, now: int) -> NodeIdentity:
+    """The daemon's keys, under the config's policy (``cfg`` is a ``maskd.config.Config``;
+    the passphrase rule is :func:`node_passphrase`'s)."""
+    passphrase = node_passphrase(cfg, env=env)
     return load_or_create(
         cfg.data_path, passphrase=passphrase, scrypt_n=cfg.identity.scrypt_n, now=now
     )
@@ -126,13 +134,7 @@ def load_or_create(data_dir: Path, *, passphrase: str, scrypt_n: int, now: int) 
     passphrase is used as given: the caller decides whether an empty one is
     acceptable (``load_node_identity``).
     """
-    if not SCRYPT_MIN_N <= scrypt_n <= SCRYPT_MAX_N or scrypt_n & (scrypt_n - 1):
-        raise IdentityError(
-            f"scrypt N = {scrypt_n} is out of range for a keystore",
-            hint=f"use a power of two from {SCRYPT_MIN_N} to {SCRYPT_MAX_N} "
-            "(identity.scrypt_n; 262144 is geth's default)",
-            code="keystore_weak",
-        )
+    check_scrypt_n(scrypt_n)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     seed = _load_or_create_peer_key(data_dir / PEER_KEY_FILE)
     account_key = _load_or_create_account(data_dir / ACCOUNT_FILE, passphrase, scrypt_n)
@@ -156,6 +158,34 @@ def load_or_create(data_dir: Path, *, passphrase: str, scrypt_n: int, now: int) 
         x25519_public=xpub,
         record=record,
     )
+
+
+def check_scrypt_n(scrypt_n: int) -> None:
+    """Refuse a scrypt cost for a new keystore outside the floor and the ceiling."""
+    if not SCRYPT_MIN_N <= scrypt_n <= SCRYPT_MAX_N or scrypt_n & (scrypt_n - 1):
+        raise IdentityError(
+            f"scrypt N = {scrypt_n} is out of range for a keystore",
+            hint=f"use a power of two from {SCRYPT_MIN_N} to {SCRYPT_MAX_N} "
+            "(identity.scrypt_n; 262144 is geth's default)",
+            code="keystore_weak",
+        )
+
+
+def encrypt_account_key(key: bytes, passphrase: str, scrypt_n: int) -> bytes:
+    """``key`` as keystore v3 JSON (scrypt N = ``scrypt_n``, r = 8, p = 1), ready to write.
+
+    The one place account keystores are made (the daemon's, ``mask wallet new``
+    and ``import``), so all of them meet the floor.
+    """
+    check_scrypt_n(scrypt_n)
+    keyfile = Account.encrypt(key, passphrase, kdf="scrypt", iterations=scrypt_n)
+    return json.dumps(keyfile).encode()
+
+
+def check_keystore_kdf(path: Path, crypto: Any) -> str:
+    """A keystore's ``crypto`` section: raises ``keystore_params`` for a KDF this node
+    will not run; returns a description if it is below the floor, else ''."""
+    return _check_kdf(path, crypto)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -259,8 +289,7 @@ def _load_or_create_account(path: Path, passphrase: str, scrypt_n: int) -> bytes
 
 
 def _write_keystore(path: Path, key: bytes, passphrase: str, scrypt_n: int) -> None:
-    keyfile = Account.encrypt(key, passphrase, kdf="scrypt", iterations=scrypt_n)
-    _write_private(path, json.dumps(keyfile).encode())
+    _write_private(path, encrypt_account_key(key, passphrase, scrypt_n))
 
 
 def _check_kdf(path: Path, crypto: Any) -> str:
