@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(PY) bench/gossip.py
 	$(PY) bench/storage.py
 	$(PY) bench/jobs.py
+	$(PY) bench/settlement.py
 
 # Rebuild every example's .wasm from its C source (clang + wasi-libc; see
 # examples/*/Makefile). The builds are reproducible: unchanged sources give
