@@ -27,7 +27,6 @@ from typing import Any
 
 import trio
 
-from ledger.agreement import AccountKeys
 from maskd.jobfiles import BundleCache, PrivateFiles, Sweeper
 from maskd.jobs_rpc import JobsRpc
 from maskd.market_link import MarketRouter, MarketTransport, MeshGossip
@@ -80,7 +79,8 @@ class Jobs:
         self.supervisor: Supervisor = node.supervisor
         # the only handle on jobs.db: sqlite in a thread, behind its own limiter
         self.store = NotifyingStore(JobStore(self.dir / "jobs.db"), node.events.publish)
-        keys = AccountKeys(ident.account_key)
+        money = node.money
+        keys = money.keys  # signs agreements and vouchers in the escrow's domain
         transport = MarketTransport(mesh)
         self.private = PrivateFiles(self.dir / "private")
         self.payloads = PayloadClient(mesh, ident, self.private)
@@ -104,7 +104,13 @@ class Jobs:
         )
         self.requester = RequesterService(
             RequesterCore(
-                RequesterConfig(peer_id=ident.peer_id, identity=ident.record, pay=False),
+                RequesterConfig(
+                    peer_id=ident.peer_id,
+                    identity=ident.record,
+                    chain_id=money.domain.chain_id,
+                    verifying_contract=money.domain.escrow,
+                    pay=money.enabled,
+                ),
                 keys,
                 offers=node.book.offers,
                 peer_stats=self._peer_stats,
@@ -136,9 +142,12 @@ class Jobs:
                 max_quotes_per_requester=cfg.jobs.max_quotes_per_requester,
                 bid_rate_per_s=cfg.jobs.bid_rate_per_s,
                 bid_burst=cfg.jobs.bid_burst,
+                chain_id=money.domain.chain_id,
+                verifying_contract=money.domain.escrow,
+                paid=money.enabled,
             )
             self.provider = ProviderService(
-                ProviderCore(provider_config, keys),
+                ProviderCore(provider_config, keys, funds=money.funds),
                 store=self.store,
                 transport=transport,
                 worker=WasmWorker(
@@ -150,6 +159,7 @@ class Jobs:
                 ),
                 clock=clock,
                 supervisor=self.supervisor,
+                ledger=money if money.enabled else None,
             )
         self._relay = BidValidator()  # bids checked for relaying when we sell nothing
         self.router = MarketRouter(ident.peer_id, self.requester, self.provider, mesh.penalise)
@@ -162,6 +172,7 @@ class Jobs:
             work_dir=self.dir,
             clock=clock,
             stats=self._stats,
+            payment_state=money.payment_state,
         )
         mesh.set_stream_handler(MARKET_PROTOCOL, self.router.handle)
         mesh.set_stream_handler(JOB_PROTOCOL, self.handle_job_stream)

@@ -72,6 +72,7 @@ class JobsRpc:
         work_dir: Path,
         clock: Callable[[], float],
         stats: Callable[[], dict],
+        payment_state: Callable[[str], dict | None] = lambda job_id: None,
     ):
         self.store = store
         self.requester = requester
@@ -81,6 +82,7 @@ class JobsRpc:
         self.dir = work_dir
         self.clock = clock
         self._stats = stats
+        self._payment_state = payment_state
 
     def methods(self) -> dict:
         return {
@@ -226,12 +228,41 @@ class JobsRpc:
 
     async def explain(self, params: dict) -> dict:
         row = await self._row(params)
+        if row.role == "provider":
+            return self._explain_provider(row)
         try:
             return self.requester.core.explain(row.job_id, self.clock())
         except MaskError:
             if row.explanation:
                 return row.explanation
             raise
+
+    def _explain_provider(self, row: JobRow) -> dict:
+        """A job this node ran for someone: its state and whether it was paid."""
+        payment = self._payment_state(row.job_id)
+        lines = [f"job {row.job_id} (run here for a requester): {row.state}"]
+        if row.error:
+            lines.append(f"error: {row.error.get('code')}: {row.error.get('message', '')}")
+        if payment is None:
+            lines.append("payment: none expected (no chain, or no result delivered)")
+        elif payment["state"] == "paid":
+            lines.append("payment: paid by the requester's voucher")
+        elif payment["state"] == "awaiting_voucher":
+            lines.append(
+                f"payment: waiting for the requester's voucher for {payment['price']} base units"
+            )
+        else:
+            lines.append(
+                f"payment: {payment['state']}: the requester has not sent a voucher covering "
+                f"{payment['price']} base units (its standing here drops; `mask ledger` lists it)"
+            )
+        return {
+            "job_id": row.job_id,
+            "role": "provider",
+            "state": str(row.state),
+            "payment": payment,
+            "text": "\n".join(lines),
+        }
 
     async def result(self, params: dict) -> dict:
         row = await self._row(params)

@@ -133,7 +133,16 @@ class Node:
         )
         self.mesh.set_stream_handler(BLOCKS_PROTOCOL, self.storage.handle_stream)
         from maskd.jobs import Jobs
+        from maskd.money import Money
 
+        self.money = Money(
+            config,
+            identity.account_key,
+            data_path=config.data_path,
+            clock=clock,
+            owed_out=self._owed_out,
+            rng=self.rng,
+        )
         self.jobs = Jobs(self)
         self.mesh.topic_validators["bids"] = self.jobs.validate_bid
         self._peers_file = config.data_path / known_peers.FILE_NAME
@@ -162,6 +171,7 @@ class Node:
             await nursery.start(server.serve)
             await nursery.start(self.mesh.run)
             await nursery.start(self.storage.run)
+            await nursery.start(self.money.run)
             await nursery.start(self.jobs.run)
             keep = self.supervisor.keep_running
             nursery.start_soon(keep, "expiry_loop", self._expiry_loop)
@@ -413,6 +423,7 @@ class Node:
             },
             "data_dir": str(self.config.data_path),
             "socket": str(self.config.socket_path),
+            "chain": self.money.info(),
         }
 
     def _peer_json(self, peer_id: str) -> dict[str, Any]:
@@ -432,6 +443,10 @@ class Node:
             "offer": offer_json(offer) if offer else None,
         }
 
+    async def _owed_out(self) -> dict[str, int]:
+        """What this node owes each provider account (its cumulative vouchers)."""
+        return await self.jobs.store.owed_totals()
+
     def rpc_methods(self) -> dict[str, Callable[[dict], Awaitable[Any]]]:
         async def info(params: dict) -> dict:
             return self.node_info()
@@ -448,6 +463,7 @@ class Node:
             "v1.offers.list": offers,
             **self.storage.rpc_methods(),
             **self.jobs.rpc_methods(),
+            **self.money.rpc_methods(),
         }
 
     def rpc_streams(self):
