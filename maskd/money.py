@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ def create_address(sender: str, nonce: int) -> str:
     import rlp
 
     return to_checksum_address(keccak(rlp.encode([bytes.fromhex(sender[2:]), nonce]))[12:])
+
+
+#: Payment verdicts that score the sending peer down (p2p.scoring reasons).
+_PAYMENT_PENALTIES = {
+    "malformed": "bad_field",
+    "bad_signature": "bad_signature",
+    "wrong_channel": "source_mismatch",
+}
 
 
 class _Connecting:
@@ -103,9 +112,18 @@ class _Connecting:
         return await self._need().receipt(tx_hash)
 
 
+#: The token's errors, under the names the CLI gives hints for.
+_ERROR_CODES = {
+    "ERC20InsufficientBalance": "insufficient_balance",
+    "ERC20InsufficientAllowance": "insufficient_allowance",
+}
+
+
 def _snake(name: str) -> str:
     """``InsufficientDeposit`` -> ``insufficient_deposit`` (the CLI's error codes)."""
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    if name in _ERROR_CODES:
+        return _ERROR_CODES[name]
+    return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", name).lower()
 
 
 def _chain_error(e: ChainError, what: str) -> RpcError:
@@ -150,6 +168,7 @@ class Money:
         data_path: Path,
         clock: Callable[[], float],
         owed_out: Callable[[], Any] | None = None,
+        penalise: Callable[[str, str], None] = lambda peer_id, reason: None,
         rng: random.Random | None = None,
     ):
         self.config = config
@@ -159,6 +178,7 @@ class Money:
         self.address: str = Account.from_key(account_key).address
         self._clock = clock
         self._owed_out = owed_out
+        self._penalise = penalise
         self._rng = rng or random.Random()
         self.token = ""
         escrow = ZERO_ADDRESS
@@ -270,7 +290,8 @@ class Money:
                     transient=False,
                 )
             deposit = int(self.config.ledger.embedded_deposit)
-            dep.fund(chain, key0, self.address, EMBEDDED_ETH, deposit, token=d.token)
+            # twice the deposit: the rest stays in the wallet for `mask wallet deposit`
+            dep.fund(chain, key0, self.address, EMBEDDED_ETH, 2 * deposit, token=d.token)
             if deposit:
                 dep.deposit(chain, self._key, d.escrow, d.token, deposit)
             return chain
@@ -313,6 +334,12 @@ class Money:
             payment.job_id, source, payment.cumulative, payment.signature
         )
         log.debug("payment for %s from %s: %s", payment.job_id, source, verdict.reason.value)
+        # a forged, malformed or misdirected voucher is the sending peer's
+        # misbehaviour (scored like bad gossip); a stale or short one is the
+        # requester's standing with us (the ledger counts it), not the mesh's
+        penalty = _PAYMENT_PENALTIES.get(verdict.reason.value)
+        if penalty is not None:
+            self._penalise(source, penalty)
 
     def payment_state(self, job_id: str) -> dict | None:
         """A delivered job's payment, for ``mask explain`` on the provider: None when

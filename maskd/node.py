@@ -141,6 +141,7 @@ class Node:
             data_path=config.data_path,
             clock=clock,
             owed_out=self._owed_out,
+            penalise=self.mesh.penalise,
             rng=self.rng,
         )
         self.jobs = Jobs(self)
