@@ -190,6 +190,8 @@ class Money:
         self.domain = Domain(config.chain.chain_id, escrow)
         self.keys = AccountKeys(account_key, self.domain)
         self.enabled = self.backend != "off"
+        #: this account's stake in the escrow, as last read (offers carry it)
+        self.stake = 0
         self.chain: Any = None
         self.escrow: Any = None  # ChainEscrow once connected
         self.connected = trio.Event()
@@ -261,9 +263,16 @@ class Money:
         assert self._port is not None
         self._port.attach(self.escrow)
         self.connected.set()
+        await self._read_stake()
         log.info(
             "chain %s: escrow %s, token %s", self.domain.chain_id, self.domain.escrow, self.token
         )
+
+    async def _read_stake(self) -> None:
+        try:
+            self.stake = await self.escrow.stakes(self.address)
+        except ChainError as e:
+            log.debug("reading the stake failed: %s", e)
 
     def _open_chain(self) -> Any:
         """Blocking (a worker thread): the chain client, deployed and funded for
@@ -492,6 +501,7 @@ class Money:
         escrow = self._need_chain()
         got = await self._send("staking failed", lambda: escrow.stake(amount))
         stake = await self._send("reading the stake failed", lambda: escrow.stakes(self.address))
+        self.stake = stake  # the next offer carries it
         return {"tx_hash": got.tx_hash, "amount": str(amount), "stake": str(stake)}
 
     async def rpc_ledger(self, params: dict) -> dict:

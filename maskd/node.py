@@ -68,6 +68,7 @@ def offer_json(offer: ResourceOffer) -> dict[str, Any]:
         "addrs": list(offer.addrs),
         "issued_at": offer.issued_at,
         "expires_at": offer.expires_at,
+        "stake": offer.stake,
     }
 
 
@@ -338,6 +339,7 @@ class Node:
             addrs=tuple(self.full_addrs()),
             issued_at=now,
             expires_at=now + o.ttl_s,
+            stake=str(self.money.stake),
         )
 
     async def _offer_loop(self) -> None:

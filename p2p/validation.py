@@ -107,6 +107,9 @@ class GossipValidator(GossipPipeline[ResourceOffer | OfferWithdrawal, str]):
         ):
             if not (price.isascii() and price.isdigit() and len(price) <= 78):
                 return Reason.BAD_FIELD, "price is not a decimal integer"
+        stake = offer.stake
+        if not (stake.isascii() and stake.isdigit() and len(stake) <= 78):
+            return Reason.BAD_FIELD, "stake is not a decimal integer"
         if not verify_identity_record(offer.identity):
             return Reason.BAD_IDENTITY, "account signature does not verify"
         return None

@@ -202,3 +202,14 @@ def test_replay_state_is_bounded():
     for peer in (A, B, Peer(3)):
         check(peer.sign(peer.offer()), source=peer.peer_id, validator=v)
     assert v.tracked_publishers() == 2
+
+
+@pytest.mark.parametrize("stake", ["-1", "1e18", "0x10", "9" * 79, "\u0661"])
+def test_a_stake_that_is_not_a_decimal_amount_is_rejected(stake):
+    _, out = check(A.sign(A.offer(stake=stake)))
+    assert (out.verdict, out.reason) == (Verdict.REJECT, Reason.BAD_FIELD)
+
+
+def test_offers_carry_the_stake():
+    offer, out = check(A.sign(A.offer(stake=str(5 * 10**18))))
+    assert out.verdict is Verdict.ACCEPT and out.message.stake == str(5 * 10**18)
