@@ -1,0 +1,438 @@
+"""The ledger's trio shell: payments in, settlement transactions out.
+
+:class:`LedgerService` owns one :class:`ledger.core.LedgerCore` (the rules),
+one store (``ledger/store.py``) and one :class:`ledger.ports.EscrowPort`. Every
+change the core makes is written to the store before anything acts on it,
+under one lock, so a payment and a delivery racing each other reach the disk
+in the order the core saw them. Network calls (estimates, sends, receipts)
+happen outside that lock.
+
+One loop (:meth:`LedgerService.run`) sleeps until the core's next timer, a
+receipt poll, or a poke (a payment, a delivery, :meth:`settle_now`), then:
+flags overdue vouchers, re-checks batches a crash left ``planned`` (their
+channels' ``settled`` re-read on chain, the batch dropped, its vouchers
+pending again), reads the receipts of batches in flight, and settles when a
+batch is due. A chain error backs off (``retry_base_s`` doubling to
+``retry_max_s``, jittered by the injected random) and :meth:`status` says so.
+
+Time: ``clock()`` is what the core sees and what the store records (wall time
+in the daemon, so it means the same after a restart; ``trio.current_time`` in
+tests); sleeps are trio sleeps for the difference, so both work under
+``MockClock``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random as _random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ledger.core import (
+    IN_FLIGHT,
+    MAX_BATCH_CANDIDATES,
+    Batch,
+    BatchChange,
+    BatchState,
+    GasPacker,
+    LedgerConfig,
+    LedgerCore,
+    LedgerError,
+    PaymentVerdict,
+    Standing,
+    send_gas,
+)
+from ledger.ports import ChainError, EscrowPort
+from ledger.store import InlineLedgerStore, LedgerStore, ThreadedLedgerStore
+from ledger.vouchers import Domain, SignedVoucher, checksum, verify_voucher
+
+__all__ = ["LedgerConfig", "LedgerError", "LedgerService"]
+
+#: Requesters whose escrow reading is cached (LRU): a flood of accounts cannot grow it.
+ESCROW_CACHE_ENTRIES = 4096
+
+
+class LedgerService:
+    def __init__(
+        self,
+        store: ThreadedLedgerStore | InlineLedgerStore,
+        escrow: EscrowPort,
+        config: LedgerConfig | None = None,
+        *,
+        provider: str,
+        clock: Callable[[], float] = time.time,
+        random: _random.Random | None = None,
+    ):
+        self._db = store
+        self.escrow = escrow
+        self.config = config or LedgerConfig()
+        self.provider = checksum(provider)
+        self.domain = Domain(escrow.chain_id, escrow.escrow_address)
+        self._verify = functools.partial(verify_voucher, self.domain)
+        self._clock = clock
+        self._random = random or _random.Random()
+        self._core: LedgerCore | None = None
+        self._lock = trio.Lock()  # core change + its store write, together
+        self._round = trio.Lock()  # one settling round at a time
+        self._wake = trio.Event()
+        self._changed = trio.Event()
+        self._orphans: set[int] = set()
+        self._last_poll = -math.inf
+        self._escrow_cache: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self.counters: Counter[str] = Counter()  # payment reasons, escrow reads
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set (and replaced) whenever a batch, a flag or the chain's health
+        changes: wait on it for a condition, as the component tests do."""
+        return self._changed
+
+    @property
+    def core(self) -> LedgerCore:
+        if self._core is None:
+            raise LedgerError(
+                "the ledger is not loaded yet", code="ledger_not_ready", hint="start run() first"
+            )
+        return self._core
+
+    async def load(self) -> None:
+        """Read the store into the core (once; :meth:`run` does it first)."""
+        if self._core is not None:
+            return
+        async with self._lock:
+            state = await self._db.call(lambda s: s.load(self.provider))
+            now = self._clock()
+            core, paid = LedgerCore.restore(self.provider, self.config, state, now=now)
+            if paid:
+                await self._db.call(lambda s: s.mark_paid(paid, now))
+            self._orphans = {b.id for b in core.in_flight(BatchState.PLANNED)}
+            self._core = core
+
+    # --- deliveries and payments ---------------------------------------------
+
+    async def expect(
+        self, job_id: str, requester_account: str, requester_peer: str, price: int
+    ) -> None:
+        """A result is about to go out: a voucher for ``price`` is due within
+        ``voucher_timeout_s``. Call it before sending; a replay is a no-op."""
+        core = self.core
+        async with self._lock:
+            if core.knows(job_id) or await self._db.call(lambda s: s.has_delivery(job_id)):
+                return
+            now = self._clock()
+            delivery, paid = core.expect(job_id, requester_account, requester_peer, price, now=now)
+            if delivery is not None:
+                await self._db.call(lambda s: s.add_delivery(delivery, paid))
+        self._wake.set()
+
+    async def payment(
+        self, job_id: object, requester_peer: object, cumulative: object, signature: object
+    ) -> PaymentVerdict:
+        """A ``Payment`` from the wire (any field may be hostile); never raises for it."""
+        return await self._apply(
+            lambda now: self.core.on_wire_payment(
+                job_id, requester_peer, cumulative, signature, verify=self._verify, now=now
+            )
+        )
+
+    async def on_payment(self, job_id: str, voucher: SignedVoucher) -> PaymentVerdict:
+        return await self._apply(
+            lambda now: self.core.on_payment(job_id, voucher, verify=self._verify, now=now)
+        )
+
+    async def _apply(self, decide: Callable[[float], PaymentVerdict]) -> PaymentVerdict:
+        async with self._lock:
+            now = self._clock()
+            verdict = decide(now)
+            self.counters[f"payment_{verdict.reason.value}"] += 1
+            if verdict.kept or verdict.paid or verdict.underpaid:
+                await self._db.call(lambda s: s.record_payment(verdict, now))
+        if verdict.kept:
+            self._wake.set()
+        return verdict
+
+    def owed_by(self, requester: str, running: int = 0) -> int:
+        return self.core.owed_by(requester, running)
+
+    def standing(self, requester: str) -> Standing:
+        return self.core.standing(requester)
+
+    # --- the requester's escrow ------------------------------------------------
+
+    async def escrow_available(self, requester: str) -> int:
+        """``available(requester)`` on chain, cached ``escrow_cache_s``.
+        Raises ChainError (transient when the chain is unreachable)."""
+        key = checksum(requester)
+        cached = self.cached_available(key)
+        if cached is not None and cached[1]:
+            return cached[0]
+        value = await self.escrow.available(key)
+        self.counters["escrow_reads"] += 1
+        self._escrow_cache[key] = (value, self._clock())
+        self._escrow_cache.move_to_end(key)
+        while len(self._escrow_cache) > ESCROW_CACHE_ENTRIES:
+            self._escrow_cache.popitem(last=False)
+        return value
+
+    def cached_available(self, requester: str) -> tuple[int, bool] | None:
+        """The cached reading and whether it is still fresh; None if never read."""
+        try:
+            hit = self._escrow_cache.get(checksum(requester))
+        except ValueError:
+            return None
+        if hit is None:
+            return None
+        return hit[0], self._clock() - hit[1] < self.config.escrow_cache_s
+
+    async def escrow_covers(self, requester: str, price: int, running: int = 0) -> bool:
+        """Whether the requester's escrow covers what it owes here plus ``price``
+        (the quote check; refuse with ``insufficient_escrow`` when False)."""
+        available = await self.escrow_available(requester)
+        return available >= self.owed_by(requester, running) + price
+
+    # --- the loop ------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self.load()
+        task_status.started()
+        while True:
+            self._wake = trio.Event()
+            await self._tick()
+            delay = self._next_wake(self._clock())
+            with trio.move_on_after(math.inf if delay is None else max(delay, 0.0)):
+                await self._wake.wait()
+
+    def _next_wake(self, now: float) -> float | None:
+        core = self.core
+        times = [t for t in (core.next_timer(now),) if t is not None]
+        if self._orphans or core.in_flight(BatchState.SENT, BatchState.MINED):
+            poll = self._last_poll + self.config.poll_interval_s
+            times.append(max(poll, core.health.retry_at or poll))
+        return None if not times else min(times) - now
+
+    async def _tick(self) -> None:
+        core = self.core
+        async with self._lock:
+            now = self._clock()
+            late = core.overdue(now)
+            if late:
+                await self._db.call(lambda s: s.mark_missing(late, now))
+                self._notify()
+        if self._orphans and not self._backing_off():
+            await self._recover_orphans()
+        if (
+            core.in_flight(BatchState.SENT, BatchState.MINED)
+            and self._clock() >= self._last_poll + self.config.poll_interval_s
+            and not self._backing_off()
+        ):
+            await self._poll()
+        if core.should_settle(self._clock()):
+            try:
+                await self._settle_round()
+            except (ChainError, LedgerError):
+                pass  # recorded in core.health; the loop retries after the back-off
+
+    def _backing_off(self) -> bool:
+        retry_at = self.core.health.retry_at
+        return retry_at is not None and self._clock() < retry_at
+
+    async def _recover_orphans(self) -> None:
+        """A batch a crash left ``planned`` may or may not have gone out: read
+        ``settled`` for its channels, then drop it so what is still unpaid is
+        pending again (a resend of what did go out pays nothing)."""
+        core = self.core
+        for batch_id in sorted(self._orphans):
+            batch = core.batch(batch_id)
+            if batch is None or batch.state is not BatchState.PLANNED:
+                self._orphans.discard(batch_id)
+                continue
+            try:
+                seen = [(r, await self.escrow.settled(r, self.provider)) for r, _ in batch.entries]
+            except ChainError as e:
+                self._chain_failed(e)
+                return
+            async with self._lock:
+                now = self._clock()
+                for requester, settled in seen:
+                    if core.settled_seen(requester, settled):
+                        await self._put(
+                            LedgerStore.set_settled, requester, self.provider, settled, now
+                        )
+                change = core.batch_dropped(
+                    batch_id, "interrupted before its transaction hash was stored; re-checked"
+                )
+                await self._put(LedgerStore.update_batch, change, self.provider, now)
+            self._orphans.discard(batch_id)
+            self._notify()
+
+    async def _poll(self) -> None:
+        core = self.core
+        self._last_poll = self._clock()
+        try:
+            head = await self.escrow.block_number()
+            for batch in core.in_flight(BatchState.SENT, BatchState.MINED):
+                assert batch.tx_hash is not None
+                receipt = await self.escrow.receipt(batch.tx_hash)
+                async with self._lock:
+                    now = self._clock()
+                    change = core.batch_receipt(batch.id, receipt, head, now, self._random.random())
+                    if change is not None:
+                        await self._put(LedgerStore.update_batch, change, self.provider, now)
+                if change is not None:
+                    self._notify()
+        except ChainError as e:
+            self._chain_failed(e)
+
+    async def _settle_round(self) -> list[int]:
+        """Send every pending voucher, in as many batches as the gas limit needs.
+        Raises ChainError or LedgerError (already recorded in ``core.health``)."""
+        core, created = self.core, []
+        async with self._round:
+            while vouchers := core.pending_vouchers(self._clock())[:MAX_BATCH_CANDIDATES]:
+                packer = GasPacker(len(vouchers), self.config.batch_gas_limit)
+                try:
+                    while (n := packer.next_probe()) is not None:
+                        packer.observe(n, await self.escrow.estimate_settle(vouchers[:n]))
+                except ChainError as e:
+                    self._chain_failed(e)
+                    raise
+                n, estimate = packer.result()
+                if n == 0:
+                    error = LedgerError(
+                        f"one voucher needs more than ledger.batch_gas_limit"
+                        f" ({self.config.batch_gas_limit}) gas",
+                        code="batch_gas_limit",
+                        hint="raise ledger.batch_gas_limit (at most 15252014)",
+                    )
+                    self._chain_failed(error)
+                    raise error
+                batch = await self._open_batch(vouchers[:n], send_gas(estimate))
+                try:
+                    tx_hash = await self.escrow.send_settle(vouchers[:n], batch.gas)
+                except ChainError as e:
+                    await self._record(core.batch_failed, batch.id, _describe(e))
+                    raise
+                await self._record(core.batch_sent, batch.id, tx_hash)
+                created.append(batch.id)
+        if created:
+            self._wake.set()  # the loop polls their receipts
+        return created
+
+    async def _open_batch(self, vouchers: list[SignedVoucher], gas: int) -> Batch:
+        async with self._lock:
+            batch = self.core.open_batch(vouchers, gas, self._clock())
+            await self._db.call(lambda s: s.add_batch(batch))
+        return batch
+
+    async def _record(self, step: Callable[..., Batch | BatchChange], *args: Any) -> None:
+        """``step(*args, now[, rand])`` on the core, then its row, under the lock."""
+        async with self._lock:
+            now = self._clock()
+            if step == self.core.batch_failed:
+                change = step(*args, now, self._random.random())
+            else:
+                change = step(*args, now)
+            await self._put(LedgerStore.update_batch, change, self.provider, now)
+        self._notify()
+
+    async def _put(self, write: Callable[..., Any], *args: Any) -> Any:
+        """One store method (``LedgerStore.x``) with ``args``, through the facade."""
+        return await self._db.call(lambda s: write(s, *args))
+
+    def _chain_failed(self, error: Exception) -> None:
+        self.core.chain_failed(_describe(error), self._clock(), self._random.random())
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- settle now, status, snapshot ------------------------------------------------
+
+    async def settle_now(self) -> list[dict[str, Any]]:
+        """Send every pending voucher now (whatever the thresholds and the
+        back-off) and wait until this and every batch already in flight is
+        final, reverted or dropped. Needs :meth:`run` going (it reads the
+        receipts). Raises LedgerError when a batch could not be sent; what
+        could not be sent stays pending and is retried."""
+        core = self.core
+        waiting = {b.id for b in core.in_flight()}
+        try:
+            waiting.update(await self._settle_round())
+        except ChainError as e:
+            raise LedgerError(
+                f"settling failed: {e}",
+                code="chain_unreachable" if e.transient else "settle_failed",
+                hint=e.hint or "the vouchers stay pending and are sent again after a back-off",
+            ) from e
+        self._wake.set()
+        while True:
+            changed = self._changed
+            batches = [core.batch(i) for i in sorted(waiting)]
+            if all(b is None or b.state not in IN_FLIGHT for b in batches):
+                return [_batch_view(b) for b in batches if b is not None]
+            await changed.wait()
+
+    def status(self) -> dict[str, Any]:
+        core, h = self.core, self.core.health
+        now = self._clock()
+        return {
+            "state": "ok" if h.attempts == 0 else "retrying",
+            "attempts": h.attempts,
+            "last_error": h.last_error,
+            "last_error_at": h.last_error_at,
+            "next_retry_at": h.retry_at if h.retry_at is not None and h.retry_at > now else None,
+            "pending": len(core.pending_vouchers(now)),
+            "in_flight": len(core.in_flight()),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """``mask ledger --json``: amounts are decimal strings (uint256)."""
+        core = self.core
+        return {
+            "provider": self.provider,
+            "chain_id": self.escrow.chain_id,
+            "escrow": self.escrow.escrow_address,
+            "channels": core.channels(),
+            "batches": [_batch_view(b) for b in core.recent_batches()],
+            "pending_vouchers": [
+                {"requester": v.requester, "provider": v.provider, "cumulative": str(v.cumulative)}
+                for v in core.pending_vouchers(self._clock())
+            ],
+            "missing": [
+                {
+                    "job_id": d.job_id,
+                    "requester": d.requester,
+                    "price": str(d.price),
+                    "due_at": d.due_at,
+                }
+                for d in core.missing()
+            ],
+            "last_error": core.health.last_error,
+            "status": self.status(),
+            "counters": dict(self.counters),
+        }
+
+
+def _batch_view(b: Batch) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "status": b.state.value,
+        "tx_hash": b.tx_hash,
+        "vouchers": [{"requester": r, "cumulative": str(c)} for r, c in b.entries],
+        "gas": b.gas,
+        "gas_used": b.gas_used,
+        "block": b.block,
+        "error": b.error,
+        "created_at": b.created_at,
+    }
+
+
+def _describe(error: Exception) -> str:
+    hint = getattr(error, "hint", "")
+    return f"{error} ({hint})" if hint else str(error)
