@@ -119,3 +119,50 @@ def test_bad_env_values_are_errors():
 def test_config_round_trips_through_msgspec():
     cfg = load_config(env={})
     assert msgspec.convert(msgspec.to_builtins(cfg), Config) == cfg
+
+
+@pytest.mark.parametrize(
+    ("chain", "key"),
+    [
+        (
+            {"backend": "rpc", "token": "0x" + "11" * 20, "escrow": "0x" + "22" * 20},
+            "chain.rpc_url",
+        ),
+        ({"backend": "rpc", "rpc_url": "http://127.0.0.1:8545"}, "chain.escrow"),
+        ({"backend": "rpc", "rpc_url": "ftp://x", "token": "0x" + "11" * 20}, "chain.rpc_url"),
+        ({"escrow": "0x1234"}, "chain.escrow"),
+        ({"token": "not an address"}, "chain.token"),
+        ({"backend": "ganache"}, "chain.backend"),
+        ({"chain_id": 0}, "chain.chain_id"),
+    ],
+)
+def test_a_bad_chain_config_names_the_key_with_a_hint(chain, key):
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={}, overrides={"chain": chain})
+    assert key in exc.value.message and exc.value.hint
+
+
+@pytest.mark.parametrize(
+    "ledger",
+    [{"batch_gas_limit": 16_777_216}, {"embedded_deposit": "1e21"}, {"voucher_timeout_s": 0}],
+)
+def test_bad_ledger_settings_are_refused(ledger):
+    with pytest.raises(ConfigError):
+        load_config(env={}, overrides={"ledger": ledger})
+
+
+def test_the_chain_settings_come_from_the_environment_as_devnets_pass_them():
+    cfg = load_config(
+        env={
+            "MASK_CHAIN_BACKEND": "rpc",
+            "MASK_CHAIN_RPC_URL": "http://127.0.0.1:8545",
+            "MASK_CHAIN_TOKEN": "0x" + "11" * 20,
+            "MASK_CHAIN_ESCROW": "0x" + "22" * 20,
+            "MASK_CHAIN_CHAIN_ID": "31337",
+        }
+    )
+    assert (cfg.chain.backend, cfg.chain.chain_id, cfg.chain.escrow) == (
+        "rpc",
+        31337,
+        "0x" + "22" * 20,
+    )
