@@ -18,7 +18,7 @@ import msgspec
 import trio
 
 from protocol.codec import DECODE_ERRORS
-from protocol.market import Agreement, Cancel, decode_market
+from protocol.market import Agreement, Cancel, Payment, decode_market
 from protocol.messages import MARKET_PROTOCOL
 
 log = logging.getLogger("maskd.market_link")
@@ -106,9 +106,10 @@ class MarketTransport:
 class MarketRouter:
     """``/mask/market/1`` server side: frames in, each to the service it is for.
 
-    An agreement this node has not countersigned, or a cancel, is for the
-    provider service; everything else is for the requester service. A frame
-    that does not decode ends the stream and costs the peer ``undecodable``.
+    An agreement this node has not countersigned, a cancel or a payment (the
+    requester's voucher) is for the provider service; everything else is for
+    the requester service. A frame that does not decode ends the stream and
+    costs the peer ``undecodable``.
     """
 
     def __init__(
@@ -139,7 +140,7 @@ class MarketRouter:
                 except (*DECODE_ERRORS, msgspec.ValidationError, ValueError):
                     self.penalise(peer, "undecodable")
                     break
-                to_provider = isinstance(msg, Cancel) or (
+                to_provider = isinstance(msg, (Cancel, Payment)) or (
                     isinstance(msg, Agreement)
                     and msg.terms.provider_peer == self.my_peer_id
                     and not msg.provider_signature
