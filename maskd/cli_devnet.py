@@ -17,12 +17,14 @@ from rich.table import Table
 from maskd.devnet import (
     DevnetError,
     make_private_dir,
+    read_chain,
     read_state,
     start_devnet,
     stop_devnet,
     wait_full_view,
     write_state,
 )
+from maskd.devnet_chain import CHAIN_KINDS, DevChain
 
 
 def _console() -> Console:
@@ -42,34 +44,73 @@ def devnet() -> None:
     "--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False)
 )
 @click.option(
+    "--chain",
+    type=click.Choice(CHAIN_KINDS),
+    default="embedded",
+    show_default=True,
+    help="The chain the nodes settle on: one embedded EVM (ledger.devchain), "
+    "anvil (installed into .anvil/ if missing), or off (no payments).",
+)
+@click.option(
     "--timeout", default=90.0, show_default=True, help="Seconds to wait for the mesh to form."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
-def devnet_up(nodes: int, root: str, timeout: float, as_json: bool) -> None:
-    """Start N nodes, each bootstrapped to the first; wait until they see each other."""
+@click.option("--json", "as_json", is_flag=True, help="Print the nodes and the chain as JSON.")
+def devnet_up(nodes: int, root: str, chain: str, timeout: float, as_json: bool) -> None:
+    """Start a chain and N nodes on it, each bootstrapped to the first; wait
+    until they see each other, then fund every node and have it deposit."""
     path = Path(root).resolve()
     if (path / "devnet.json").exists():
         running = [n for n in read_state(path) if n.alive()]
-        if running:
+        old_chain = _read_chain_quietly(path)
+        if running or (old_chain is not None and old_chain.alive()):
             raise DevnetError(
-                f"a devnet is already running in {path} ({len(running)} nodes)",
+                f"a devnet is already running in {path} ({len(running)} nodes"
+                + (", its chain" if old_chain is not None and old_chain.alive() else "")
+                + ")",
                 hint=f"stop it with `mask devnet down --dir {root}`",
             )
     make_private_dir(path)  # 0700: the nodes' keys live under it
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     started = time.monotonic()
-    procs = start_devnet(nodes, path, timeout=timeout, progress=lambda m: err.print(f"[dim]{m}[/]"))
+    procs = start_devnet(
+        nodes, path, chain=chain, timeout=timeout, progress=lambda m: err.print(f"[dim]{m}[/]")
+    )
     write_state(path, procs)
     if as_json:
-        click.echo(json.dumps([_node_json(n) for n in procs], indent=2))
+        click.echo(json.dumps(_devnet_json(procs, procs.chain), indent=2))
         return
     table = Table(title=f"devnet: {nodes} nodes up in {time.monotonic() - started:.1f} s")
     for col in ("node", "pid", "peer id", "socket"):
         table.add_column(col)
     for n in procs:
         table.add_row(n.data_dir.name, str(n.pid), n.peer_id, str(n.socket))
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    if procs.chain is not None:
+        console.print(_chain_line(procs.chain))
     click.echo(f"use a node: mask --socket {procs[0].socket} status")
+
+
+def _read_chain_quietly(path: Path) -> DevChain | None:
+    try:
+        return read_chain(path)
+    except DevnetError:
+        return None
+
+
+def _chain_line(chain: DevChain, alive: bool | None = None) -> str:
+    state = "" if alive is None else (", running" if alive else ", [red]not running[/]")
+    return (
+        f"chain: {chain.kind} at {chain.url} (chain id {chain.chain_id}, pid {chain.pid}{state}); "
+        f"token {chain.token}, escrow {chain.escrow}; log {chain.log}"
+    )
+
+
+def _devnet_json(nodes, chain: DevChain | None) -> dict:
+    return {
+        "nodes": [_node_json(n) for n in nodes],
+        "chain": chain.to_json() if chain is not None else None,
+    }
 
 
 def _node_json(n) -> dict:
@@ -87,12 +128,15 @@ def _node_json(n) -> dict:
     "--dir", "root", default=".devnet", show_default=True, type=click.Path(file_okay=False)
 )
 def devnet_down(root: str) -> None:
-    """Stop every node of the devnet in DIR, by pid."""
+    """Stop every node of the devnet in DIR, then its chain, by pid."""
     stopped = stop_devnet(Path(root).resolve())
-    for node, was in stopped:
+    for node, was in stopped.nodes:
         click.echo(
             f"{node.data_dir.name}: {'stopped' if was else 'was not running'} (pid {node.pid})"
         )
+    if stopped.chain is not None:
+        state = "stopped" if stopped.chain_was_running else "was not running"
+        click.echo(f"chain ({stopped.chain.kind}): {state} (pid {stopped.chain.pid})")
 
 
 @devnet.command("status")
@@ -101,33 +145,49 @@ def devnet_down(root: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True)
 def devnet_status(root: str, as_json: bool) -> None:
-    """Each node: alive, peers, offers seen."""
+    """Each node: alive, peers, offers seen, on the chain; and the chain."""
+    path = Path(root).resolve()
     rows = []
-    for node in read_state(Path(root).resolve()):
-        row = _node_json(node) | {"alive": node.alive(), "peers": None, "offers": None}
+    for node in read_state(path):
+        row = _node_json(node) | {
+            "alive": node.alive(),
+            "peers": None,
+            "offers": None,
+            "chain_connected": None,
+        }
         if row["alive"]:
             try:
                 info = node.call("v1.node.info", timeout=5)
                 row["peers"], row["offers"] = info["peers"], info["offers"]
+                chain_info = info.get("chain") or {}
+                if chain_info.get("backend") != "off":
+                    row["chain_connected"] = bool(chain_info.get("connected"))
             except Exception as exc:
                 row["error"] = str(exc)
         rows.append(row)
+    chain = read_chain(path)
+    chain_alive = chain.alive() if chain is not None else None
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        chain_row = chain.to_json() | {"alive": chain_alive} if chain is not None else None
+        click.echo(json.dumps({"nodes": rows, "chain": chain_row}, indent=2))
         return
     table = Table()
-    for col in ("node", "pid", "alive", "peers", "offers seen", "peer id"):
+    for col in ("node", "pid", "alive", "peers", "offers seen", "on chain", "peer id"):
         table.add_column(col)
     for r in rows:
+        connected = r["chain_connected"]
         table.add_row(
             r["name"],
             str(r["pid"]),
             "yes" if r["alive"] else "no",
             str(r["peers"]),
             str(r["offers"]),
+            "-" if connected is None else ("yes" if connected else "[red]no[/]"),
             r["peer_id"],
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    console.print(_chain_line(chain, chain_alive) if chain is not None else "chain: off")
 
 
 @click.command("demo")
@@ -150,16 +210,21 @@ def devnet_status(root: str, as_json: bool) -> None:
     help="Seconds the jobs may take, all together, before the demo gives up on them.",
 )
 def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
-    """Bring up a local mesh, show the offer book, run a job of every use case, take it down."""
-    from maskd.demo import run_demo_jobs
+    """Bring up a local mesh on one embedded chain, show the offer book, run a job
+    of every use case, settle the providers' pay on chain, take it all down."""
+    from maskd.demo import format_mask, run_demo_jobs
+    from maskd.demo_settlement import settle_devnet
 
     console = _console()
     out_dir = Path(out).resolve()
     rows = []
+    settlement = None
     root = Path(tempfile.mkdtemp(prefix="mask-demo-", dir="/tmp"))
-    console.rule(f"[bold]maskd demo: a {nodes}-node mesh on 127.0.0.1")
+    console.rule(f"[bold]maskd demo: a {nodes}-node mesh on 127.0.0.1 and one embedded chain")
     started = time.monotonic()
-    procs = start_devnet(nodes, root, progress=lambda m: console.print(f"  [dim]{m}[/]"))
+    procs = start_devnet(
+        nodes, root, chain="embedded", progress=lambda m: console.print(f"  [dim]{m}[/]")
+    )
     write_state(root, procs)
     try:
         wait_full_view(procs, 30)
@@ -216,6 +281,18 @@ def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
             procs[0], out_dir, lambda m: console.print(f"  [dim]{m}[/]"), timeout=job_timeout
         )
         console.print(_summary_table(rows, time.monotonic() - jobs_started))
+        console.rule("[bold]settlement: the providers are paid on chain")
+        assert procs.chain is not None
+        settlement = settle_devnet(
+            procs,
+            procs[0],
+            procs.chain,
+            lambda m: console.print(f"  [dim]{m}[/]"),
+            format_amount=format_mask,
+        )
+        console.print(_settlement_table(settlement))
+        for line in settlement.disagreements:
+            console.print(f"[red]disagreement[/]: {line}")
     finally:
         if keep:
             console.print(
@@ -229,8 +306,14 @@ def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
     failed = [r.job for r in rows if not r.ok]
     if failed:
         raise DevnetError(f"{len(failed)} of {len(rows)} demo jobs failed: {', '.join(failed)}")
+    if settlement is not None and not settlement.ok:
+        raise DevnetError(
+            f"the settlement does not add up ({len(settlement.disagreements)} disagreements)",
+            hint="see the lines marked disagreement above, and each provider's `mask ledger`",
+        )
     console.print(
-        f"[green]ok[/]: every use case ran on the mesh ({time.monotonic() - started:.1f} s)"
+        "[green]ok[/]: every use case ran on the mesh and every provider was paid on chain "
+        f"({time.monotonic() - started:.1f} s)"
     )
 
 
@@ -249,5 +332,40 @@ def _summary_table(rows, elapsed: float) -> Table:
             f"{r.seconds:.1f}" if r.seconds is not None else "-",
             format_mask(r.cost),
             r.output if r.ok else f"[red]{r.output}[/]",
+        )
+    return table
+
+
+def _settlement_table(s) -> Table:
+    """Who earned what, in how many transactions, at what gas per job."""
+    from maskd.demo import format_mask
+    from maskd.demo_settlement import ERC20_TRANSFER_GAS
+
+    per_job = s.gas_per_job
+    title = (
+        f"{s.jobs} jobs settled for {format_mask(s.paid)} MASK in {s.transactions} "
+        f"transactions ({s.seconds:.1f} s)"
+    )
+    if per_job is not None:
+        title += (
+            f": {per_job:,.0f} gas per job (one ERC-20 transfer per job: {ERC20_TRANSFER_GAS:,})"
+        )
+    table = Table(title=title)
+    for col in ("provider", "account", "jobs", "owed (MASK)", "earned (MASK)", "on chain (MASK)"):
+        table.add_column(col, justify="left" if col in ("provider", "account") else "right")
+    table.add_column("transactions", justify="right")
+    table.add_column("gas used", justify="right")
+    for p in s.providers:
+        agrees = p.on_chain == p.owed and p.earned == p.on_chain
+        chain_cell = format_mask(p.on_chain) if agrees else f"[red]{format_mask(p.on_chain)}[/]"
+        table.add_row(
+            p.node,
+            p.account[:10] + "…",
+            str(p.jobs),
+            format_mask(p.owed),
+            format_mask(p.earned),
+            chain_cell,
+            str(p.transactions),
+            f"{p.gas_used:,}",
         )
     return table

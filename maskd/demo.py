@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from maskd.devnet import DevnetError, DevNode
+from maskd.devnet_chain import dump_toml
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TERMINAL = ("completed", "failed", "cancelled")
@@ -107,29 +108,6 @@ def load_compose(examples: Path) -> ModuleType:
 
 
 # -- job.toml copies ---------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def dump_toml(doc: dict[str, Any], prefix: str = "") -> str:
-    """Enough TOML for a job.toml: scalars, arrays and (nested) tables."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in doc.items():
-        if isinstance(v, dict):
-            name = f"{prefix}{k}"
-            out += f"\n[{name}]\n" + dump_toml(v, name + ".")
-    return out
 
 
 def tile_specs(examples: Path, dest: Path, plan: list[list[str]]) -> list[Path]:

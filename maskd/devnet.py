@@ -5,6 +5,17 @@ bootstrapped to it, waits until every node sees every other node's offer, and
 records the pids in ``D/devnet.json``; ``mask devnet down --dir D`` stops them
 by pid (SIGTERM, then SIGKILL after a grace period). The integration tests use
 the same ``DevNode`` harness, so what the tests run is what users run.
+
+Payments need every node on *one* chain (a per-node embedded chain would
+leave each requester's deposit invisible to the providers), so a devnet with
+a chain (``chain="embedded"``: ``ledger.devchain``; ``"anvil"``) starts that
+chain first, deploys the contracts from its first dev key (the treasury),
+starts the nodes on it (``[chain] backend = "rpc"``), then funds each node's
+account and has it deposit, so every node can buy from the first job on. The
+chain is recorded in ``devnet.json`` and stopped by PID after the nodes.
+The chain settings reach each node through its environment (which overrides
+any inherited ``MASK_CHAIN_*``, e.g. the test suite's ``backend = off``) and
+through its own copy of the config (``nodeN/node.toml``) for people to read.
 """
 
 from __future__ import annotations
@@ -18,9 +29,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.errors import MaskError
+
+if TYPE_CHECKING:  # maskd.devnet_chain imports this module's process helpers
+    from maskd.devnet_chain import DevChain
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "devnet" / "node.toml"
 
@@ -88,23 +102,7 @@ class DevNode:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        if self.pid is None:
-            return False
-        try:  # reap it if it is our child (else it lingers as a zombie)
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                return False
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-            return stat.rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return True
+        return self.pid is not None and pid_alive(self.pid)
 
     def stderr_tail(self, n: int = 20) -> str:
         try:
@@ -170,6 +168,27 @@ class DevNode:
                 self.proc.wait(timeout=10)
 
 
+def pid_alive(pid: int) -> bool:
+    """``pid`` runs (a zombie does not), reaping it first if it is our child."""
+    try:  # reap it if it is our child (else it lingers as a zombie)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def make_private_dir(path: Path) -> None:
     """Create ``path`` and any missing parents, each 0700 (whatever the umask).
 
@@ -211,50 +230,99 @@ def peers_seen(node: DevNode) -> set[str]:
     return {p["peer_id"] for p in node.call("v1.peers.list")}
 
 
+class Devnet(list[DevNode]):
+    """The nodes :func:`start_devnet` started (a list, so ``nodes[0]`` works as
+    before) and the chain they share, or None without one."""
+
+    def __init__(self, nodes: list[DevNode], chain: DevChain | None = None):
+        super().__init__(nodes)
+        self.chain = chain
+
+
 def start_devnet(
     n: int,
     root: Path,
     *,
+    chain: str | None = None,
     config: Path | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
     progress: Callable[[str], None] = lambda msg: None,
-) -> list[DevNode]:
-    """Start ``n`` nodes bootstrapped to the first and wait for a full offer view."""
+) -> Devnet:
+    """Start ``n`` nodes bootstrapped to the first and wait for a full offer view.
+
+    ``chain``: ``"embedded"`` (one ``ledger.devchain`` process), ``"anvil"``
+    (installed first if missing) or None / ``"off"`` (no payments: every node
+    gets ``chain.backend = off``). With a chain, every node is also connected
+    to it, funded and has deposited :data:`DEVNET_DEPOSIT` before this returns.
+    Whatever was started is stopped again if any step fails."""
+    from maskd.devnet_chain import (
+        Faucet,
+        check_chain_kind,
+        deposit_all,
+        start_chain,
+        write_node_config,
+    )
+
+    kind = check_chain_kind(chain)
     config = config or devnet_config_path()
     make_private_dir(root)
+    node_env = {**(env or {}), "MASK_CHAIN_BACKEND": "off"}
+    devchain: DevChain | None = None
+    faucet: Faucet | None = None
     nodes: list[DevNode] = []
     try:
-        first = DevNode(
-            root / "node0", config=config, extra_args=list(extra_args or []), env=env or {}
-        )
-        first.start().wait_ready(timeout)
-        nodes.append(first)
-        progress(f"node0 up: {first.peer_id}")
-        boot = [first.addrs[0]]
-        rest = [
-            DevNode(
-                root / f"node{i}",
-                config=config,
-                bootstrap=boot,
+        if kind != "off":
+            if any((root / f"node{i}" / "ledger").exists() for i in range(n)):
+                progress(
+                    f"warning: the node dirs in {root} are from an earlier devnet; their "
+                    "channels refer to its chain, not the fresh one (use a new --dir)"
+                )
+            devchain = start_chain(kind, root, progress, timeout)
+            faucet = Faucet(devchain, timeout)
+            node_env = {**(env or {}), **devchain.env()}
+
+        def node(i: int, bootstrap: list[str]) -> DevNode:
+            data_dir = root / f"node{i}"
+            node_config = config
+            if devchain is not None:
+                make_private_dir(data_dir)
+                node_config = write_node_config(data_dir / "node.toml", config, devchain)
+            return DevNode(
+                data_dir,
+                config=node_config,
+                bootstrap=bootstrap,
                 extra_args=list(extra_args or []),
-                env=env or {},
+                env=node_env,
             )
-            for i in range(1, n)
-        ]
-        for node in rest:
-            node.start()
-        for i, node in enumerate(rest, start=1):
-            node.wait_ready(timeout)
-            nodes.append(node)
-            progress(f"node{i} up: {node.peer_id}")
+
+        def up(i: int, each: DevNode) -> None:
+            each.wait_ready(timeout)
+            funded = f", account {faucet.fund(each)} funded" if faucet is not None else ""
+            progress(f"node{i} up: {each.peer_id}{funded}")
+
+        first = node(0, [])
+        nodes.append(first)
+        up(0, first.start())
+        boot = [first.addrs[0]]
+        rest = [node(i, boot) for i in range(1, n)]
+        nodes.extend(rest)
+        for each in rest:
+            each.start()
+        for i, each in enumerate(rest, start=1):
+            up(i, each)  # funding one node while the next ones start
         wait_full_view(nodes, timeout)
         progress(f"all {n} nodes see all {n} offers")
-        return nodes
+        if faucet is not None:
+            progress(faucet.summary())
+            deposit_all(nodes, progress, timeout)
+        return Devnet(nodes, devchain)
     except BaseException:
-        for node in nodes + [x for x in locals().get("rest", []) if x not in nodes]:
-            node.kill()
+        for each in nodes:
+            each.kill()
+        if devchain is not None:
+            devchain.stop()
         raise
 
 
@@ -273,7 +341,11 @@ def wait_full_view(nodes: list[DevNode], timeout: float) -> None:
     wait_until(full, timeout, f"all {len(nodes)} nodes to see every offer", interval=0.2)
 
 
-def write_state(root: Path, nodes: list[DevNode]) -> None:
+def write_state(root: Path, nodes: list[DevNode], chain: DevChain | None = None) -> None:
+    """``root/devnet.json`` (0600): the nodes and the chain (``nodes.chain`` of a
+    :class:`Devnet` unless ``chain`` is given), for ``down`` and ``status``."""
+    if chain is None:
+        chain = getattr(nodes, "chain", None)
     state = {
         "nodes": [
             {
@@ -285,7 +357,8 @@ def write_state(root: Path, nodes: list[DevNode]) -> None:
                 "socket": str(n.socket),
             }
             for n in nodes
-        ]
+        ],
+        "chain": chain.to_json() if chain is not None else None,
     }
     tmp = root / "devnet.json.tmp"
     tmp.unlink(missing_ok=True)
@@ -295,7 +368,7 @@ def write_state(root: Path, nodes: list[DevNode]) -> None:
     os.replace(tmp, root / "devnet.json")
 
 
-def read_state(root: Path) -> list[DevNode]:
+def _read_state_file(root: Path) -> dict[str, Any]:
     try:
         state = json.loads((root / "devnet.json").read_text())
     except FileNotFoundError:
@@ -304,19 +377,56 @@ def read_state(root: Path) -> list[DevNode]:
         ) from None
     except ValueError as exc:
         raise DevnetError(f"{root}/devnet.json is corrupt: {exc}") from None
-    return [
-        DevNode(Path(n["data_dir"]), pid=n["pid"], peer_id=n["peer_id"], addrs=n["addrs"])
-        for n in state["nodes"]
-    ]
+    if not isinstance(state, dict) or not isinstance(state.get("nodes"), list):
+        raise DevnetError(f"{root}/devnet.json is corrupt: no list of nodes")
+    return state
 
 
-def stop_devnet(root: Path, timeout: float = 10.0) -> list[tuple[DevNode, bool]]:
-    """Stop every node recorded in ``root`` by pid; returns (node, was_running).
+def read_state(root: Path) -> list[DevNode]:
+    """The nodes recorded in ``root/devnet.json``."""
+    state = _read_state_file(root)
+    try:
+        return [
+            DevNode(Path(n["data_dir"]), pid=n["pid"], peer_id=n["peer_id"], addrs=n["addrs"])
+            for n in state["nodes"]
+        ]
+    except (KeyError, TypeError) as exc:
+        raise DevnetError(f"{root}/devnet.json is corrupt: a node lacks {exc}") from None
+
+
+def read_chain(root: Path) -> DevChain | None:
+    """The chain recorded in ``root/devnet.json``; None for a devnet without one."""
+    from maskd.devnet_chain import DevChain
+
+    raw = _read_state_file(root).get("chain")
+    if raw is None:
+        return None
+    try:
+        return DevChain.from_json(raw)
+    except ValueError as exc:
+        raise DevnetError(f"{root}/devnet.json is corrupt: {exc}") from None
+
+
+@dataclass
+class Stopped:
+    """What :func:`stop_devnet` found running and stopped."""
+
+    nodes: list[tuple[DevNode, bool]]  # (node, was running)
+    chain: DevChain | None = None
+    chain_was_running: bool = False
+
+
+def stop_devnet(root: Path, timeout: float = 10.0) -> Stopped:
+    """Stop every node recorded in ``root`` by pid, then its chain.
 
     All nodes get SIGTERM at once, then each is waited for (SIGKILL after
-    ``timeout``), so a devnet stops in about one node's shutdown time.
-    """
+    ``timeout``), so a devnet stops in about one node's shutdown time. The
+    chain goes last: nodes still settling reach it until they exit."""
     nodes = read_state(root)
+    try:
+        chain = read_chain(root)
+    except DevnetError:
+        chain = None  # a corrupt chain entry must not keep the nodes running
     running = [node.alive() and _is_maskd(node.pid) for node in nodes]
     for node, was in zip(nodes, running, strict=True):
         if was:
@@ -325,14 +435,20 @@ def stop_devnet(root: Path, timeout: float = 10.0) -> list[tuple[DevNode, bool]]
     for node, was in zip(nodes, running, strict=True):
         if was:
             node.stop(timeout)
+    chain_was = chain.stop(timeout) if chain is not None else False
     (root / "devnet.json").unlink(missing_ok=True)
-    return list(zip(nodes, running, strict=True))
+    return Stopped(list(zip(nodes, running, strict=True)), chain, chain_was)
 
 
-def _is_maskd(pid: int | None) -> bool:
-    """Never signal a recycled pid that belongs to something else."""
+def cmdline_has(pid: int | None, marker: bytes) -> bool:
+    """``pid``'s command line contains ``marker`` (False if it is gone)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"maskd" in cmdline
+    return marker in cmdline
+
+
+def _is_maskd(pid: int | None) -> bool:
+    """Never signal a recycled pid that belongs to something else."""
+    return cmdline_has(pid, b"maskd")

@@ -1,6 +1,8 @@
-"""`mask demo` as a user runs it: a 4-node devnet runs a job of every use case."""
+"""`mask demo` as a user runs it: a 4-node devnet on one embedded chain runs a
+job of every use case, and the providers are paid on chain."""
 
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -32,6 +34,11 @@ def test_demo_runs_every_use_case(tmp_path):
     assert "sum of the first 10 squares" in summary
     assert "test accuracy" in summary
     assert "640x480 PNG from 12 tiles" in summary
+    settlement = summary.split("settlement: the providers are paid on chain", 1)[1]
+    assert re.search(r"15 jobs settled for [0-9.]+ MASK in [1-4] transactions", settlement)
+    assert "gas per job" in settlement
+    assert "disagreement" not in run.stdout
+    assert "every provider was paid on chain" in run.stdout
     assert "devnet stopped" in run.stdout
     png = (out / "render.png").read_bytes()
     assert png_size(png) == (640, 480)
