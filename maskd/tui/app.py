@@ -1,4 +1,4 @@
-"""``mask top``: a live view of this node, its peers, the offer book and its jobs.
+"""``mask top``: a live view of this node, its peers, the offer book, its jobs and its money.
 
 How it stays live: one background worker owns the daemon session. It
 connects (through an injected client factory), opens ``v1.watch``, loads a
@@ -17,6 +17,16 @@ periodic one), so a burst of new jobs costs one call. A daemon from before
 jobs answers ``v1.jobs.list`` with -32601: the jobs table is hidden and not
 asked for again until the next connect (the daemon may have been upgraded).
 
+Money (``m`` switches to it and back): balances, channels, vouchers, batches
+and the chain's status, from ``v1.wallet.balance`` and ``v1.ledger.show``.
+There are no money events, and a balance costs the daemon chain reads, so
+these two calls are polled every ``refresh_interval`` only while the money
+view is on screen (and once at once when it is opened). A node without a
+chain (``chain_off``, or a ledger whose state is ``off``) shows that instead
+of empty tables; a daemon from before money (-32601) says so. A refusal or a
+timeout of a money call is shown in the view and does not end the session;
+only a daemon that goes away does.
+
 State flows one way: the worker calls the ``apply_*`` methods, which are
 synchronous and only touch widgets (Textual's "attributes down").
 """
@@ -34,11 +44,12 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Footer, Static
+from textual.widgets import ContentSwitcher, Footer, Static
 
 from maskd import render
 from maskd.rpc import METHOD_NOT_FOUND
 from maskd.tui.client import ClientFactory, TopClient
+from maskd.tui.money import ChannelsTable, MoneyPane, MoneyState
 from maskd.tui.widgets import (
     JobsTable,
     OffersTable,
@@ -57,13 +68,30 @@ REFRESH_INTERVAL_S = 2.0
 RETRY_INITIAL_S = 0.1
 RETRY_CAP_S = 2.0
 
+VIEWS = ("tables", "money")
+HELP = (
+    "m  money view, and back to peers & jobs    ? this help    q quit\n"
+    "peers & jobs: the node, its peers, the offer book and its jobs (newest first), "
+    "live from the daemon's events\n"
+    "money: balances (MASK and base units), channels (in: a requester owes this node; "
+    "out: this node owes a provider), pending vouchers, voucher_missing jobs, settlement "
+    "batches, and the chain's status; read while the view is shown"
+)
+
 
 class TopApp(App[None]):
-    """Peers, offers and jobs, live. Takes a client factory so tests can fake the daemon."""
+    """Peers, offers and jobs, live, and money on ``m``. Takes a client factory so tests
+    can fake the daemon."""
 
     CSS_PATH = "top.tcss"
     TITLE = "mask top"
-    BINDINGS = [Binding("q", "quit", "quit")]
+    BINDINGS = [
+        # Both on m: check_action shows the one that leaves the current view.
+        Binding("m", "view('money')", "money"),
+        Binding("m", "view('tables')", "peers & jobs"),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+    ]
 
     def __init__(
         self,
@@ -92,19 +120,73 @@ class TopApp(App[None]):
         # How many snapshots have been loaded (tests and the status line use it).
         self.loads = 0
         self.connected = False
+        # Which view is on screen: "tables" (peers, offers, jobs) or "money".
+        self.view = "tables"
+        # Set while the money view is shown; the money poller waits on it.
+        self._money_visible = asyncio.Event()
+        # Set to read money now (the view was just opened) instead of at the next interval.
+        self._money_now = asyncio.Event()
+        # Polls of the money calls that reached the view (tests use it).
+        self.money_loads = 0
+        self._seen_ready = False
 
     def compose(self) -> ComposeResult:
         yield Static("connecting…", id="node")
         yield Static("", id="banner")
-        with Vertical(id="tables"):
-            yield PeersTable(id="peers")
-            yield OffersTable(id="offers")
-            yield JobsTable(id="jobs")
+        yield Static(HELP, id="help", markup=False)
+        with ContentSwitcher(initial="tables", id="views"):
+            with Vertical(id="tables"):
+                yield PeersTable(id="peers")
+                yield OffersTable(id="offers")
+                yield JobsTable(id="jobs")
+            yield MoneyPane(id="money")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#banner", Static).display = False
+        self.query_one("#help", Static).display = False
         self.run_session()
+
+    def on_ready(self) -> None:
+        self._seen_ready = True
+
+    @property
+    def closing(self) -> bool:
+        """True once the app shuts down and its widgets are being removed.
+
+        Textual cancels the session worker then, but the tasks it follows with
+        may still run a step before the cancellation reaches them (a refresh
+        whose timer fired); they check this instead of touching gone widgets.
+        """
+        return self._seen_ready and not self.is_running
+
+    # -- keys --
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "view":
+            return bool(parameters) and parameters[0] != self.view  # hide the current view's key
+        return True
+
+    def action_view(self, name: str) -> None:
+        """Show ``name`` ("tables" or "money"); the money view starts polling at once."""
+        if name not in VIEWS or name == self.view:
+            return
+        self.view = name
+        self.query_one("#views", ContentSwitcher).current = name
+        if name == "money":
+            self.sub_title = "money"
+            self._money_now.set()
+            self._money_visible.set()
+            self.query_one(ChannelsTable).focus()
+        else:
+            self.sub_title = ""
+            self._money_visible.clear()
+            self.query_one(PeersTable).focus()
+        self.refresh_bindings()
+
+    def action_help(self) -> None:
+        help_text = self.query_one("#help", Static)
+        help_text.display = not help_text.display
 
     # -- the session worker --
 
@@ -139,6 +221,7 @@ class TopApp(App[None]):
             asyncio.create_task(self._apply_events(events)),
             asyncio.create_task(self._refresh_loop(client)),
             asyncio.create_task(self._jobs_reload_loop(client)),
+            asyncio.create_task(self._money_loop(client)),
         ]
         try:
             done, _ = await asyncio.wait(followers, return_when=asyncio.FIRST_COMPLETED)
@@ -156,6 +239,8 @@ class TopApp(App[None]):
         peers = await client.peers()
         offers = await client.offers()
         jobs = await self._fetch_jobs(client)
+        if self.closing:
+            return
         self.apply_snapshot(info, peers, offers)
         self.apply_jobs(jobs)
         self.loads += 1
@@ -181,6 +266,8 @@ class TopApp(App[None]):
     async def _apply_events(self, events: AsyncIterator[dict[str, Any]]) -> None:
         async for event in events:
             if isinstance(event, Mapping):
+                if self.closing:
+                    return
                 self.apply_event(event)
 
     async def _refresh_loop(self, client: TopClient) -> None:
@@ -195,12 +282,64 @@ class TopApp(App[None]):
         """Reload jobs when an event names one we lack; then rest a refresh interval."""
         while True:
             await self._jobs_stale.wait()
-            self.apply_jobs(await self._fetch_jobs(client))
+            jobs = await self._fetch_jobs(client)
+            if not self.closing:
+                self.apply_jobs(jobs)
             await asyncio.sleep(self.refresh_interval)
+
+    async def _money_loop(self, client: TopClient) -> None:
+        """While the money view is shown: read money now, then every refresh interval."""
+        while True:
+            await self._money_visible.wait()
+            self._money_now.clear()
+            state = await self._fetch_money(client)
+            if self._money_visible.is_set() and not self.closing:
+                self.apply_money(state)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.refresh_interval):
+                    await self._money_now.wait()
+
+    async def _fetch_money(self, client: TopClient) -> MoneyState:
+        """Both money calls. A refusal or a timeout becomes part of the state (the
+        connection still works: a slow chain read must not make ``mask top``
+        reconnect in a loop); a daemon that went away raises and ends the session."""
+        errors: list[str] = []
+        ledger: Mapping[str, Any] | None = None
+        try:
+            answer = await client.ledger_show()
+        except (RpcError, DaemonUnavailable) as exc:
+            _reraise_unless_refused(exc)
+            if isinstance(exc, RpcError) and exc.rpc_code == METHOD_NOT_FOUND:
+                return MoneyState(unsupported=True)
+            if exc.code == "chain_off":
+                return MoneyState(chain_off=True, off_hint=exc.hint)
+            errors.append(_money_error("v1.ledger.show", exc))
+        else:
+            ledger = answer if isinstance(answer, Mapping) else {}
+            status = ledger.get("status")
+            if isinstance(status, Mapping) and status.get("state") == "off":
+                return MoneyState(ledger=ledger, chain_off=True)
+        balance: Mapping[str, Any] | None = None
+        try:
+            answer = await client.wallet_balance()
+        except (RpcError, DaemonUnavailable) as exc:
+            _reraise_unless_refused(exc)
+            if exc.code == "chain_off":
+                return MoneyState(ledger=ledger, chain_off=True, off_hint=exc.hint)
+            errors.append(_money_error("v1.wallet.balance", exc))
+        else:
+            balance = answer if isinstance(answer, Mapping) else None
+        return MoneyState(ledger=ledger, balance=balance, errors=tuple(errors))
 
     # -- state → widgets (synchronous) --
 
+    def apply_money(self, state: MoneyState) -> None:
+        self.query_one(MoneyPane).show(state, self._clock())
+        self.money_loads += 1
+
     def show_unreachable(self, exc: MaskError | None) -> None:
+        if self.closing:
+            return
         self.connected = False
         if exc is None or (isinstance(exc, DaemonUnavailable) and exc.code != "daemon_busy"):
             text = f"daemon not reachable at {self.socket_label} — retrying…"
@@ -311,3 +450,16 @@ class TopApp(App[None]):
                 self.apply_node_info(info)
             else:
                 self._refresh_now.set()
+
+
+def _reraise_unless_refused(exc: MaskError) -> None:
+    """A daemon that answered (an RpcError) or was slow (``daemon_timeout``) keeps
+    the session; one that went away or is busy ends it, like any other call."""
+    if isinstance(exc, DaemonUnavailable) and exc.code != "daemon_timeout":
+        raise exc
+
+
+def _money_error(method: str, exc: MaskError) -> str:
+    """What the money view says about a failed call: raw text, the pane escapes it."""
+    text = f"{method}: {exc.message}"
+    return f"{text} ({exc.hint})" if exc.hint else text

@@ -47,6 +47,14 @@ class TopClient(Protocol):
         """``v1.jobs.list``. A daemon older than jobs answers -32601 (method not found)."""
         ...
 
+    async def wallet_balance(self) -> dict[str, Any]:
+        """``v1.wallet.balance``. A node without a chain answers ``chain_off``."""
+        ...
+
+    async def ledger_show(self) -> dict[str, Any]:
+        """``v1.ledger.show``: channels, vouchers, batches and the chain's status."""
+        ...
+
     def watch(self) -> AsyncIterator[dict[str, Any]]:
         """Event params (``{"type": ..., ...}``) until the daemon goes away."""
         ...
@@ -183,6 +191,12 @@ class AsyncioRpcClient:
 
     async def jobs(self) -> list[dict[str, Any]]:
         return await self.call("v1.jobs.list")
+
+    async def wallet_balance(self) -> dict[str, Any]:
+        return await self.call("v1.wallet.balance")
+
+    async def ledger_show(self) -> dict[str, Any]:
+        return await self.call("v1.ledger.show")
 
     async def watch(self, params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
         conn = await _Connection.open(self.socket_path)

@@ -12,15 +12,29 @@ from a socket. ``FakeTopClient(..., jobs=None)`` is a daemon from before jobs:
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from maskd.rpc import METHOD_NOT_FOUND
-from protocol.errors import DaemonUnavailable, RpcError
+from protocol.errors import DaemonUnavailable, MaskError, RpcError
 
-__all__ = ["FakeTopClient"]
+__all__ = ["FakeTopClient", "chain_off_ledger"]
 
 _GONE = object()
+
+
+def chain_off_ledger(chain_id: int = 31337) -> dict[str, Any]:
+    """``v1.ledger.show`` of a node with ``chain.backend = off`` (as ``maskd.money`` answers)."""
+    return {
+        "chain": {"backend": "off", "rpc_url": "off", "chain_id": chain_id, "confirmations": 1},
+        "contracts": {"token": None, "escrow": "0x" + "0" * 40},
+        "channels": [],
+        "batches": [],
+        "pending_vouchers": [],
+        "missing": [],
+        "status": {"state": "off", "last_error": None, "next_retry_at": None, "attempts": 0},
+    }
 
 
 class FakeTopClient:
@@ -34,6 +48,8 @@ class FakeTopClient:
         jobs: Iterable[dict[str, Any]] | None = (),
         *,
         socket_path: str = "/fake/maskd.sock",
+        ledger: dict[str, Any] | None = None,
+        balance: dict[str, Any] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.info: dict[str, Any] = dict(info or {"peer_id": "12D3KooWFakeNode", "peers": 0})
@@ -45,6 +61,11 @@ class FakeTopClient:
         }
         self.supports_jobs = jobs is not None
         self.job_calls = 0  # v1.jobs.list calls, answered or refused
+        self.ledger_state = ledger
+        self.balance_state = balance
+        self.money_errors: dict[str, MaskError] = {}  # method name -> what it raises
+        self.supports_money = True
+        self.money_calls = 0  # v1.ledger.show and v1.wallet.balance calls
         self.up = True
         self.connects = 0  # successful connects
         self._watchers: list[asyncio.Queue[Any]] = []
@@ -76,6 +97,38 @@ class FakeTopClient:
                 "Method not found: v1.jobs.list", rpc_code=METHOD_NOT_FOUND, code="method_not_found"
             )
         return [dict(j) for j in self.job_state.values()]
+
+    async def ledger_show(self) -> dict[str, Any]:
+        self._money_call("v1.ledger.show")
+        if self.ledger_state is None:
+            return chain_off_ledger()
+        return copy.deepcopy(self.ledger_state)
+
+    async def wallet_balance(self) -> dict[str, Any]:
+        self._money_call("v1.wallet.balance")
+        if self.ledger_state is None:
+            raise RpcError(
+                "this node has no chain (chain.backend = off)",
+                code="chain_off",
+                hint='set [chain] backend = "embedded" or "rpc" in the config',
+            )
+        if self.balance_state is None:
+            raise RpcError(
+                "the chain is not connected: not connected to the chain yet",
+                code="chain_unreachable",
+                hint="`mask ledger` shows the retries; check [chain] rpc_url",
+            )
+        return dict(self.balance_state)
+
+    def _money_call(self, method: str) -> None:
+        self._check_up()
+        self.money_calls += 1
+        if not self.supports_money:
+            raise RpcError(
+                f"Method not found: {method}", rpc_code=METHOD_NOT_FOUND, code="method_not_found"
+            )
+        if method in self.money_errors:
+            raise self.money_errors[method]
 
     def watch(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribes at once (not at first iteration), like a real subscription."""
