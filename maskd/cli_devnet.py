@@ -291,6 +291,7 @@ def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
             format_amount=format_mask,
         )
         console.print(_settlement_table(settlement))
+        console.print(_settlement_line(settlement), soft_wrap=True)
         for line in settlement.disagreements:
             console.print(f"[red]disagreement[/]: {line}")
     finally:
@@ -337,20 +338,10 @@ def _summary_table(rows, elapsed: float) -> Table:
 
 
 def _settlement_table(s) -> Table:
-    """Who earned what, in how many transactions, at what gas per job."""
+    """Who earned what: per provider, owed / earned / on chain, and the gas."""
     from maskd.demo import format_mask
-    from maskd.demo_settlement import ERC20_TRANSFER_GAS
 
-    per_job = s.gas_per_job
-    title = (
-        f"{s.jobs} jobs settled for {format_mask(s.paid)} MASK in {s.transactions} "
-        f"transactions ({s.seconds:.1f} s)"
-    )
-    if per_job is not None:
-        title += (
-            f": {per_job:,.0f} gas per job (one ERC-20 transfer per job: {ERC20_TRANSFER_GAS:,})"
-        )
-    table = Table(title=title)
+    table = Table(title=f"who earned what (settled in {s.seconds:.1f} s)")
     for col in ("provider", "account", "jobs", "owed (MASK)", "earned (MASK)", "on chain (MASK)"):
         table.add_column(col, justify="left" if col in ("provider", "account") else "right")
     table.add_column("transactions", justify="right")
@@ -369,3 +360,17 @@ def _settlement_table(s) -> Table:
             f"{p.gas_used:,}",
         )
     return table
+
+
+def _settlement_line(s) -> str:
+    """The settlement in one line: jobs, MASK, transactions, gas per job."""
+    from maskd.demo import format_mask
+    from maskd.demo_settlement import ERC20_TRANSFER_GAS
+
+    line = f"{s.jobs} jobs settled for {format_mask(s.paid)} MASK in {s.transactions} transactions"
+    if s.gas_per_job is not None:
+        line += (
+            f": {s.gas_per_job:,.0f} gas per job "
+            f"(an ERC-20 transfer per job would cost {ERC20_TRANSFER_GAS:,})"
+        )
+    return line
