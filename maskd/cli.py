@@ -178,7 +178,7 @@ def offers(state: CliState, as_json: bool) -> None:
 @main.command()
 @pass_state
 def top(state: CliState) -> None:
-    """Live view of peers and offers (q quits). Waits for the daemon if it is down."""
+    """Live view of peers, offers and jobs; m: money (q quits). Waits for the daemon if it is down."""
     from maskd.tui import run_top  # Textual is slow to import; only `top` pays
 
     run_top(find_socket(state.socket))

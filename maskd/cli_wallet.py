@@ -188,6 +188,8 @@ def batches_table(batches: Any) -> Table:
         table.add_column(col)
     for b in rows:
         cells = [b.get(k) for k in ("id", "tx_hash", "vouchers", "gas_used", "status", "block")]
+        if isinstance(cells[2], list):  # the vouchers themselves: show how many
+            cells[2] = len(cells[2])
         table.add_row(*(render.untrusted(c if c is not None else render.DASH) for c in cells))
     return table
 
@@ -213,7 +215,10 @@ def ledger_view(data: dict[str, Any], now: float) -> Group:
     head.add_row("token", render.untrusted(contracts.get("token") or render.DASH))
     head.add_row("escrow", render.untrusted(contracts.get("escrow") or render.DASH))
     head.add_row("status", status_line(data.get("status"), now))
-    head.add_row("pending vouchers", render.untrusted(data.get("pending_vouchers", render.DASH)))
+    pending = data.get("pending_vouchers", render.DASH)
+    if isinstance(pending, list):  # the vouchers waiting for a batch: how many
+        pending = len(pending)
+    head.add_row("pending vouchers", render.untrusted(pending))
 
     channels = data.get("channels") if isinstance(data.get("channels"), list) else []
     channels = [c for c in channels if isinstance(c, dict)]

@@ -36,7 +36,10 @@ BALANCE = {
 BATCH = {
     "id": 3,
     "tx_hash": TX,
-    "vouchers": 2,
+    "vouchers": [
+        {"requester": "0x" + "44" * 20, "cumulative": "5"},
+        {"requester": "0x" + "55" * 20, "cumulative": "9"},
+    ],
     "gas_used": 112_462,
     "status": "final",
     "block": 41,
@@ -66,7 +69,7 @@ LEDGER = {
         },
     ],
     "batches": [BATCH],
-    "pending_vouchers": 1,
+    "pending_vouchers": [{"requester": "0x" + "44" * 20, "provider": ME, "cumulative": "7"}],
     "missing": [
         {
             "job_id": "job-7f3a",
@@ -456,3 +459,17 @@ def test_show_with_a_junk_keystore(runner, tmp_path):
         result = invoke(runner, "wallet", "show")
         assert result.exit_code == 1
         assert says in result.stderr and "hint:" in result.stderr
+
+
+def test_batches_and_pending_vouchers_are_counted_not_dumped():
+    from rich.console import Console
+
+    from maskd.cli_wallet import batches_table, ledger_view
+
+    console = Console(width=200, record=True)
+    console.print(batches_table([BATCH]))
+    console.print(ledger_view(LEDGER, now=1_700_000_000))
+    text = console.export_text()
+    assert "{'requester'" not in text and "[{" not in text
+    row = next(line for line in text.splitlines() if TX[:10] in line)
+    assert " 2 " in row
