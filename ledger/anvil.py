@@ -16,6 +16,7 @@ with the same chain.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -99,7 +100,10 @@ def start_anvil(
         "--state", str(state),
         "--state-interval", str(STATE_INTERVAL_S),
     ]  # fmt: skip
-    with open(log_path, "ab") as log:
+    # owner-only, like everything else a node writes (the umask may be looser)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=root
         )

@@ -353,7 +353,10 @@ def start_devchain(
     ready_file = root / "devchain.ready"
     ready_file.unlink(missing_ok=True)
     log_path = root / "devchain.log"
-    with open(log_path, "ab") as log:
+    # owner-only, like everything else a node writes (the umask may be looser)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         process = subprocess.Popen(
             [
                 sys.executable,

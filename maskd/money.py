@@ -218,6 +218,7 @@ class Money:
                     escrow_cache_s=lc.escrow_cache_s,
                     retry_base_s=lc.retry_base_s,
                     retry_max_s=lc.retry_max_s,
+                    poll_interval_s=config.chain.poll_interval_s,
                 ),
                 provider=self.address,
                 clock=clock,
