@@ -111,6 +111,10 @@ class RequesterConfig:
     #: on a restart, send again the latest voucher of channels paid this recently
     #: (the provider may never have received it; a duplicate pays nothing twice)
     resend_vouchers_s: float = 86400.0
+    #: a voucher is not acknowledged: send the channel's latest again this many
+    #: seconds after it was first sent (a provider that died as it arrived gets
+    #: it once it is back; a duplicate pays nothing twice)
+    voucher_resend_after_s: tuple[float, ...] = (5.0, 30.0, 120.0)
 
 
 # --- commands ----------------------------------------------------------------
@@ -270,6 +274,8 @@ class RequesterCore:
         self.counters: Counter[str] = Counter()
         # cumulative owed per provider account: the sum of the store's owed rows
         self.channels: dict[str, int] = {}
+        # per provider account: (first sent at, resends done, provider peer, job id)
+        self._resends: dict[str, tuple[float, int, str, str]] = {}
 
     # --- queries --------------------------------------------------------------
 
@@ -289,6 +295,8 @@ class RequesterCore:
         times = [t for job in self._jobs.values() for t in job.timers()]
         if self._queue and self._admit_check_at is not None:
             times.append(self._admit_check_at)
+        delays = self.config.voucher_resend_after_s
+        times += [first + delays[done] for first, done, _, _ in self._resends.values()]
         return min(times, default=None)
 
     # --- local inputs -----------------------------------------------------------
@@ -349,7 +357,7 @@ class RequesterCore:
             t.price_total
         )
         if self.config.pay:
-            cmds.append(self._payment(job.job_id, t.provider_peer, t.provider_account))
+            cmds.append(self._payment(job.job_id, t.provider_peer, t.provider_account, now))
         return cmds + self._admit(now)
 
     def load_channels(self, owed: Iterable[OwedEntry], now: float) -> list[RequesterCommand]:
@@ -366,10 +374,26 @@ class RequesterCore:
                 last[account] = entry
         if not self.config.pay:
             return []
-        return [self._payment(e.job_id, e.provider_peer, account) for account, e in last.items()]
+        return [
+            self._payment(e.job_id, e.provider_peer, account, now) for account, e in last.items()
+        ]
 
-    def _payment(self, job_id: str, provider_peer: str, provider_account: str) -> SendPayment:
+    def _payment(
+        self,
+        job_id: str,
+        provider_peer: str,
+        provider_account: str,
+        now: float,
+        *,
+        first_at: float | None = None,
+        resends: int = 0,
+    ) -> SendPayment:
         cumulative = self.channels[provider_account]
+        if resends < len(self.config.voucher_resend_after_s):
+            first = now if first_at is None else first_at
+            self._resends[provider_account] = (first, resends, provider_peer, job_id)
+        else:
+            self._resends.pop(provider_account, None)
         payment = Payment(
             job_id=job_id,
             peer_id=self.config.peer_id,
@@ -637,7 +661,19 @@ class RequesterCore:
         cmds: list[RequesterCommand] = []
         for job in list(self._jobs.values()):
             cmds += self._job_timers(job, now)
-        return cmds + self._admit(now)
+        return cmds + self._admit(now) + self._resend_vouchers(now)
+
+    def _resend_vouchers(self, now: float) -> list[RequesterCommand]:
+        """Each channel's latest voucher again, on the schedule, until it is done."""
+        cmds: list[RequesterCommand] = []
+        delays = self.config.voucher_resend_after_s
+        for account, (first, done, peer, job_id) in list(self._resends.items()):
+            if first + delays[done] <= now:
+                self.counters["vouchers_resent"] += 1
+                cmds.append(
+                    self._payment(job_id, peer, account, now, first_at=first, resends=done + 1)
+                )
+        return cmds
 
     def _job_timers(self, job: RequesterJob, now: float) -> list[RequesterCommand]:
         if (

@@ -219,3 +219,25 @@ def test_an_agreement_for_another_escrow_or_chain_is_declined():
     offer = only(core.handle_timer(T0 + 0.5), SendAgreement).message
     r = only(prov.handle_message(R.peer_id, offer, T0 + 0.5), SendRefusal).message
     assert r.reason == "bad_agreement" and "escrow" in r.detail
+
+
+def test_a_voucher_is_sent_again_on_a_schedule_and_a_newer_one_restarts_it():
+    core, prov = requester(), provider(P1)
+    job_id, q, _, verified = run_job(core, prov, P1)
+    first = only(verified, SendPayment).message
+    done = T0 + 1.2  # when it was verified
+    assert core.next_deadline() == done + 5
+    sent = []
+    for delay in (5, 30, 120):
+        cmds = core.handle_timer(done + delay)
+        sent.append(only(cmds, SendPayment).message)
+    assert sent == [first, first, first]  # the same voucher: pays nothing twice
+    assert core.counters["vouchers_resent"] == 3
+    assert core.next_deadline() is None  # and then it stops
+    assert core.handle_timer(done + 10_000) == []
+    # a newer job on the channel sends the new total and starts the schedule over
+    _, _, _, verified = run_job(core, prov, P1, now=T0 + 500)
+    second = only(verified, SendPayment).message
+    assert int(second.cumulative) == 2 * int(first.cumulative)
+    assert core.next_deadline() == T0 + 501.2 + 5
+    assert only(core.handle_timer(T0 + 506.2), SendPayment).message == second
