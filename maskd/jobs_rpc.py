@@ -238,31 +238,7 @@ class JobsRpc:
             raise
 
     def _explain_provider(self, row: JobRow) -> dict:
-        """A job this node ran for someone: its state and whether it was paid."""
-        payment = self._payment_state(row.job_id)
-        lines = [f"job {row.job_id} (run here for a requester): {row.state}"]
-        if row.error:
-            lines.append(f"error: {row.error.get('code')}: {row.error.get('message', '')}")
-        if payment is None:
-            lines.append("payment: none expected (no chain, or no result delivered)")
-        elif payment["state"] == "paid":
-            lines.append("payment: paid by the requester's voucher")
-        elif payment["state"] == "awaiting_voucher":
-            lines.append(
-                f"payment: waiting for the requester's voucher for {payment['price']} base units"
-            )
-        else:
-            lines.append(
-                f"payment: {payment['state']}: the requester has not sent a voucher covering "
-                f"{payment['price']} base units (its standing here drops; `mask ledger` lists it)"
-            )
-        return {
-            "job_id": row.job_id,
-            "role": "provider",
-            "state": str(row.state),
-            "payment": payment,
-            "text": "\n".join(lines),
-        }
+        return provider_explanation(row, self._payment_state(row.job_id))
 
     async def result(self, params: dict) -> dict:
         row = await self._row(params)
@@ -321,3 +297,31 @@ class JobsRpc:
         out["stdout"] = await trio.to_thread.run_sync(read, "stdout.log")
         out["stderr"] = await trio.to_thread.run_sync(read, "stderr.log")
         return out
+
+
+def provider_explanation(row: JobRow, payment: dict | None) -> dict:
+    """``mask explain`` for a job this node ran for someone: its state and
+    whether the requester paid for it (``maskd.money.Money.payment_state``)."""
+    lines = [f"job {row.job_id} (run here for a requester): {row.state}"]
+    if row.error:
+        lines.append(f"error: {row.error.get('code')}: {row.error.get('message', '')}")
+    if payment is None:
+        lines.append("payment: none expected (no chain, or no result delivered)")
+    elif payment["state"] == "paid":
+        lines.append("payment: paid by the requester's voucher")
+    elif payment["state"] == "awaiting_voucher":
+        lines.append(
+            f"payment: waiting for the requester's voucher for {payment['price']} base units"
+        )
+    else:
+        lines.append(
+            f"payment: {payment['state']}: the requester has not sent a voucher covering "
+            f"{payment['price']} base units (its standing here drops; `mask ledger` lists it)"
+        )
+    return {
+        "job_id": row.job_id,
+        "role": "provider",
+        "state": str(row.state),
+        "payment": payment,
+        "text": "\n".join(lines),
+    }

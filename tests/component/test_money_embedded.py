@@ -170,3 +170,52 @@ async def test_chain_off_answers_with_a_reason(tmp_path):
     assert off.value.code == "chain_off" and "backend" in off.value.hint
     assert (await m.rpc_ledger({}))["status"]["state"] == "off"
     assert (await m.rpc_show({}))["address"] == m.address
+
+
+async def test_a_job_left_without_its_voucher_is_voucher_missing_in_explain(tmp_path, nursery):
+    from maskd.jobs_rpc import provider_explanation
+    from scheduler.jobstate import JobState
+    from scheduler.store import JobRow
+
+    cfg = load_config(
+        env={},
+        overrides={
+            "node": {"data_dir": str(tmp_path)},
+            "ledger": {"voucher_timeout_s": 0.5, "batch_max_age_s": 3600},
+        },
+    )
+    m = Money(cfg, Account.create().key, data_path=tmp_path, clock=trio.current_time)
+    await nursery.start(m.run)
+    with trio.fail_after(60):
+        await m.connected.wait()
+    requester = Account.create().address
+    await m.expect(JOB, PEER, requester, PRICE)
+    row = JobRow(
+        JOB,
+        "provider",
+        JobState.COMPLETED,
+        {},
+        None,
+        None,
+        None,
+        str(PRICE),
+        None,
+        "bafyout",
+        None,
+        None,
+        0.0,
+        0.0,
+    )
+    assert (
+        "waiting for the requester's voucher"
+        in provider_explanation(row, m.payment_state(JOB))["text"]
+    )
+    with trio.fail_after(30):
+        while m.payment_state(JOB)["state"] != "voucher_missing":
+            await m.ledger.changed.wait()
+    e = provider_explanation(row, m.payment_state(JOB))
+    assert e["payment"]["state"] == "voucher_missing" and "voucher_missing" in e["text"]
+    assert m.ledger.standing(requester).voucher_missing == 1
+    missing = (await m.rpc_ledger({}))["missing"]
+    assert [x["job_id"] for x in missing] == [JOB]
+    assert "none expected" in provider_explanation(row, None)["text"]
