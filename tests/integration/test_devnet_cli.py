@@ -142,3 +142,35 @@ def test_a_devnet_that_fails_halfway_stops_its_chain(tmp_path):
         assert processes_naming(root) == []
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_devnet_up_on_anvil_funds_and_connects_every_node_then_down_stops_anvil():
+    """`mask devnet up --chain anvil`: anvil installed if missing (as `make test`
+    does), the contracts deployed on it, each node connected, funded and
+    deposited, then everything stopped by `down`."""
+    root = Path(tempfile.mkdtemp(prefix="mka", dir="/tmp"))
+    try:
+        up = mask("devnet", "up", "--nodes", "2", "--dir", str(root), "--chain", "anvil", "--json")
+        assert up.returncode == 0, up.stderr
+        shown = json.loads(up.stdout)
+        assert shown["chain"]["kind"] == "anvil"
+        nodes, chain = read_state(root), read_chain(root)
+        assert chain is not None and chain.kind == "anvil"
+        client = ChainClient.rpc(chain.url, chain.chain_id)
+        escrow = client.contract(chain.escrow, load_artifact(ESCROW).abi)
+        for node in nodes:
+            info = node.call("v1.node.info")["chain"]
+            assert info["connected"] and info["escrow"] == chain.escrow
+            address = node.call("v1.wallet.show")["address"]
+            assert client.call(escrow, "deposits", address) == 1000 * 10**18
+            ledger = node.call("v1.ledger.show")
+            assert ledger["chain"]["rpc_url"] == chain.url and ledger["status"]["state"] == "ok"
+        down = mask("devnet", "down", "--dir", str(root))
+        assert down.returncode == 0, down.stderr
+        assert "chain (anvil): stopped" in down.stdout
+        assert not pid_alive(chain.pid)
+        assert processes_naming(root) == []
+    finally:
+        if (root / "devnet.json").exists():
+            stop_devnet(root)
+        shutil.rmtree(root, ignore_errors=True)
