@@ -409,6 +409,19 @@ class LedgerCore:
         self._jobs[job_id] = ch
         return d, tuple(self._allocate(ch, None, now))
 
+    def withdraw(self, job_id: str) -> Delivery | None:
+        """Forget an unpaid delivery whose job ended without its result reaching
+        the requester (a crash between :meth:`expect` and the send, then the
+        requester replaced us): no voucher is owed for it, so it must never turn
+        ``voucher_missing`` against the requester. Returns what was dropped."""
+        ch = self._jobs.get(job_id)
+        if ch is None or job_id not in ch.unpaid:
+            return None
+        d = ch.unpaid.pop(job_id)
+        ch.delivered_total -= d.price
+        del self._jobs[job_id]
+        return replace(d)
+
     def on_wire_payment(
         self,
         job_id: object,

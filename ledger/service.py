@@ -130,6 +130,16 @@ class LedgerService:
                 await self._db.call(lambda s: s.add_delivery(delivery, paid))
         self._wake.set()
 
+    async def withdraw(self, job_id: str) -> bool:
+        """The job ended on this provider without its result reaching the
+        requester: drop the voucher it was waiting for (``LedgerCore.withdraw``)."""
+        async with self._lock:
+            dropped = self.core.withdraw(job_id)
+            if dropped is not None:
+                await self._db.call(lambda s: s.withdraw_delivery(job_id))
+                self.counters["delivery_withdrawn"] += 1
+        return dropped is not None
+
     async def payment(
         self, job_id: object, requester_peer: object, cumulative: object, signature: object
     ) -> PaymentVerdict:
@@ -343,6 +353,16 @@ class LedgerService:
     async def _put(self, write: Callable[..., Any], *args: Any) -> Any:
         """One store method (``LedgerStore.x``) with ``args``, through the facade."""
         return await self._db.call(lambda s: write(s, *args))
+
+    def chain_reachable(self) -> None:
+        """The connection to the chain was (re)made: the failures so far were
+        "not connected", so `mask ledger` must not keep saying "retrying" until
+        the next batch's receipt, and anything pending is tried at once."""
+        if self._core is None or self.core.health.attempts == 0:
+            return
+        self.core.chain_ok()
+        self._wake.set()
+        self._notify()
 
     def _chain_failed(self, error: Exception) -> None:
         self.core.chain_failed(_describe(error), self._clock(), self._random.random())

@@ -183,6 +183,13 @@ class LedgerStore:
                     (now, verdict.underpaid),
                 )
 
+    def withdraw_delivery(self, job_id: str) -> None:
+        """``LedgerCore.withdraw``: the unpaid delivery is gone (a paid one stays)."""
+        with self._tx():
+            self._db.execute(
+                "DELETE FROM deliveries WHERE job_id = ? AND paid_at IS NULL", (job_id,)
+            )
+
     def mark_paid(self, job_ids: Sequence[str], now: float) -> None:
         with self._tx():
             self._paid(job_ids, now)

@@ -264,6 +264,7 @@ class Money:
         assert self._port is not None
         self._port.attach(self.escrow)
         self.connected.set()
+        self.ledger.chain_reachable()  # the "not connected yet" retries are over
         await self._read_stake()
         log.info(
             "chain %s: escrow %s, token %s", self.domain.chain_id, self.domain.escrow, self.token
@@ -338,6 +339,9 @@ class Money:
         self, job_id: str, requester_peer: str, requester_account: str, price: int
     ) -> None:
         await self.ledger.expect(job_id, requester_account, requester_peer, price)
+
+    async def withdraw(self, job_id: str) -> None:
+        await self.ledger.withdraw(job_id)
 
     async def payment(self, source: str, payment: Any) -> None:
         verdict = await self.ledger.payment(

@@ -105,6 +105,10 @@ class Ledger(Protocol):
     async def payment(self, source: str, payment: Any) -> None:
         """Check a ``Payment`` and keep its voucher (never raises for bad input)."""
 
+    async def withdraw(self, job_id: str) -> None:
+        """The job ended here without its result reaching the requester: no
+        voucher is due for it after all."""
+
 
 class _Shell:
     """The loop both services share: inbox or timer -> core -> commands in order."""
@@ -466,6 +470,9 @@ class ProviderService(_Shell):
                 await self._ledger.expect(
                     cmd.job_id, cmd.requester_peer, cmd.requester_account, cmd.price
                 )
+        elif isinstance(cmd, pv.WithdrawPayment):
+            if self._ledger is not None:
+                await self._ledger.withdraw(cmd.job_id)
         elif isinstance(cmd, pv.ForwardPayment):
             if self._ledger is not None:
                 await self._ledger.payment(cmd.source, cmd.payment)

@@ -72,6 +72,7 @@ __all__ = [
     "ExpectPayment",
     "ForwardPayment",
     "Funds",
+    "WithdrawPayment",
     "ExecutionOutcome",
     "failed_outcome",
     "FetchPayload",
@@ -151,6 +152,15 @@ class ExpectPayment:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawPayment:
+    """The job ended here (cancelled, replaced, never confirmed) before its result
+    went out: drop any voucher the ledger expects for it (a crash may have come
+    between ``ExpectPayment`` and the send)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardPayment:
     """A requester's ``Payment``: the ledger checks and keeps the voucher."""
 
@@ -210,6 +220,7 @@ class StoreOutput:
 
 ProviderCommand = (
     ExpectPayment
+    | WithdrawPayment
     | ForwardPayment
     | CreateJob
     | RecordTransition
@@ -498,11 +509,15 @@ class ProviderCore:
             if job.outcome is not None:
                 # already finished; the result is on its way or the output is being stored
                 self.counters["cancel_after_finish"] += 1
-            ended = self._transition(job, JobEvent.CANCELLED, reason=c.reason)
+            ended: list[ProviderCommand] = [
+                self._transition(job, JobEvent.CANCELLED, reason=c.reason)
+            ]
+            if self.config.paid:
+                ended.append(WithdrawPayment(c.job_id))
             if not job.confirmed:  # resumed and never started: nothing to abort
                 self.counters["resume_cancelled"] += 1
-                return [ended]
-            return [ended, AbortExecution(c.job_id, c.reason)]
+                return ended
+            return [*ended, AbortExecution(c.job_id, c.reason)]
         if (source, c.job_id) in self._reservations:
             self._drop_quote((source, c.job_id))
             self.counters["quote_released"] += 1
@@ -617,7 +632,11 @@ class ProviderCore:
         """A resumed job the requester never confirmed by its deadline: ended, not run."""
         del self._jobs[job.agreement.terms.job_id]
         self.counters["resume_unconfirmed"] += 1
-        return [self._transition(job, JobEvent.CANCELLED, reason="unconfirmed")]
+        job_id = job.agreement.terms.job_id
+        ended: list[ProviderCommand] = [
+            self._transition(job, JobEvent.CANCELLED, reason="unconfirmed")
+        ]
+        return [*ended, WithdrawPayment(job_id)] if self.config.paid else ended
 
     # --- timers -----------------------------------------------------------------
 

@@ -221,6 +221,7 @@ class FakeLedger:
         self.reads: list[str] = []
         self.expected: list[tuple[str, str, str, int]] = []
         self.payments: list[tuple[str, Any]] = []
+        self.withdrawn: list[str] = []
         self.changed = trio.Event()
         self.release = trio.Event()  # refreshes wait for this when ``hold`` is set
         self.hold = False
@@ -243,6 +244,9 @@ class FakeLedger:
         self, job_id: str, requester_peer: str, requester_account: str, price: int
     ) -> None:
         self.expected.append((job_id, requester_peer, requester_account, price))
+
+    async def withdraw(self, job_id: str) -> None:
+        self.withdrawn.append(job_id)
 
     async def payment(self, source: str, payment: Any) -> None:
         self.payments.append((source, payment))

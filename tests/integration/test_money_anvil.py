@@ -166,7 +166,9 @@ def until_paid_up(requester: DevNode, provider: DevNode, spec: Path, rounds: int
         except DevnetError:
             all_completed(requester, submit_many(requester, spec, 6), 120)
     raise AssertionError(
-        f"no voucher covered all {provider.data_dir.name} earned in {rounds} rounds"
+        f"no voucher covered all {provider.data_dir.name} earned in {rounds} rounds: "
+        f"{channel_in(provider, me)}, owed {owed_by_provider(requester)}, "
+        f"missing {ledger_view(provider)['missing']}"
     )
 
 

@@ -199,3 +199,17 @@ async def test_the_threaded_facade_runs_calls_in_a_worker_thread(tmp_path):
         thread = await facade.call(lambda s: threading.current_thread())
         assert thread is not threading.main_thread()
         assert await facade.call(lambda s: s.delivery("j")) == d
+
+
+def test_a_withdrawn_delivery_is_gone_after_a_restart(tmp_path):
+    from ledger.core import Delivery, LedgerConfig, LedgerCore
+    from ledger.store import LedgerStore
+
+    provider = "0x" + "22" * 20
+    requester = "0x" + "11" * 20
+    with LedgerStore(tmp_path / "l.db") as store:
+        for job, price in (("a" * 64, 5), ("b" * 64, 7)):
+            store.add_delivery(Delivery(job, requester, "peer", price, 0.0, 10.0))
+        store.withdraw_delivery("a" * 64)
+        core, _ = LedgerCore.restore(provider, LedgerConfig(), store.load(provider), now=1.0)
+    assert core.owed_by(requester) == 7 and not core.knows("a" * 64)

@@ -19,6 +19,7 @@ from scheduler.provider import (
     SendQuote,
     SendRefusal,
     SendResult,
+    WithdrawPayment,
 )
 from scheduler.requester import (
     FetchOutput,
@@ -241,3 +242,35 @@ def test_a_voucher_is_sent_again_on_a_schedule_and_a_newer_one_restarts_it():
     assert int(second.cumulative) == 2 * int(first.cumulative)
     assert core.next_deadline() == T0 + 501.2 + 5
     assert only(core.handle_timer(T0 + 506.2), SendPayment).message == second
+
+
+def test_a_job_cancelled_before_its_result_went_out_withdraws_the_expected_voucher():
+    from protocol.market import Cancel
+
+    core, prov = requester(), provider(P1)
+    job_id, cmds = core.submit(spec(), "bafkreispec", T0)
+    q = only(prov.handle_bid(cmds[1].bid, T0), SendQuote).message
+    core.handle_message(P1.peer_id, q, T0)
+    offer = only(core.handle_timer(T0 + 0.5), SendAgreement).message
+    only(prov.handle_message(R.peer_id, offer, T0 + 0.5), SendProviderAgreement)
+    replaced = Cancel(job_id=job_id, peer_id=R.peer_id, reason="replaced")
+    out = prov.handle_message(R.peer_id, replaced, T0 + 5)
+    assert only(out, WithdrawPayment).job_id == job_id
+    unpaid = provider(P1, paid=False)
+    assert not any(
+        isinstance(c, WithdrawPayment) for c in unpaid.handle_message(R.peer_id, replaced, T0)
+    )
+
+
+def test_the_ledger_forgets_a_withdrawn_delivery_and_never_flags_it():
+    from ledger.core import LedgerConfig, LedgerCore
+
+    core = LedgerCore("0x" + "22" * 20, LedgerConfig(voucher_timeout_s=10))
+    requester_account = "0x" + "11" * 20
+    core.expect("a" * 64, requester_account, "peer", 5, now=0)
+    core.expect("b" * 64, requester_account, "peer", 7, now=0)
+    assert core.owed_by(requester_account) == 12
+    assert core.withdraw("a" * 64).price == 5
+    assert core.withdraw("a" * 64) is None  # once
+    assert core.owed_by(requester_account) == 7
+    assert core.overdue(100) == ["b" * 64]
