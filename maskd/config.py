@@ -387,7 +387,7 @@ def _check_meaning(cfg: Config) -> None:
         "jobs.bid_burst": (cfg.jobs.bid_burst, 1, 1 << 20),
         "jobs.max_bundle_mb": (cfg.jobs.max_bundle_mb, 1, 4096),
         "chain.chain_id": (cfg.chain.chain_id, 1, (1 << 53) - 1),
-        "chain.confirmations": (cfg.chain.confirmations, 0, 1000),
+        "chain.confirmations": (cfg.chain.confirmations, 1, 1000),
         "ledger.batch_max_vouchers": (cfg.ledger.batch_max_vouchers, 1, 10000),
         # sends add a 10% margin to the estimate, which must stay under the cap
         "ledger.batch_gas_limit": (cfg.ledger.batch_gas_limit, 100_000, TX_GAS_CAP * 10 // 11),

@@ -121,6 +121,15 @@ def assert_paid_exactly(
     for prov, amount in owed.items():  # each channel's payments add up to its total
         assert sum(s.paid for s in settlements if s.provider == prov) == amount
     for p in providers:
+        # the money is on chain; each ledger reads its receipt at its next poll
+        def settled_here(p=p) -> bool:
+            view = ledger_view(p)
+            return {b["status"] for b in view["batches"]} <= {"final", "dropped"}
+
+        try:
+            wait_until(settled_here, 30, f"{p.data_dir.name}'s batches to be final", 0.2)
+        except DevnetError:
+            pass  # the assertions below say what is left
         view = ledger_view(p)
         assert view["status"]["state"] == "ok", view["status"]
         assert not view["pending_vouchers"] and not view["missing"], view

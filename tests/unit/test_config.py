@@ -134,6 +134,7 @@ def test_config_round_trips_through_msgspec():
         ({"token": "not an address"}, "chain.token"),
         ({"backend": "ganache"}, "chain.backend"),
         ({"chain_id": 0}, "chain.chain_id"),
+        ({"confirmations": 0}, "chain.confirmations"),
     ],
 )
 def test_a_bad_chain_config_names_the_key_with_a_hint(chain, key):
