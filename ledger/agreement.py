@@ -58,6 +58,7 @@ AGREEMENT_TYPES: dict[str, list[dict[str, str]]] = {
         {"name": "deadline", "type": "uint64"},
         {"name": "specCid", "type": "string"},
         {"name": "heartbeatIntervalMs", "type": "uint32"},
+        {"name": "circuitId", "type": "bytes32"},
     ]
 }
 
@@ -88,7 +89,18 @@ def agreement_message(terms: AgreementTerms) -> dict[str, Any]:
         "deadline": terms.deadline,
         "specCid": terms.spec_cid,
         "heartbeatIntervalMs": terms.heartbeat_interval_ms,
+        "circuitId": circuit_id_bytes(terms.circuit_id),
     }
+
+
+def circuit_id_bytes(circuit_id: str) -> bytes:
+    """A terms ``circuit_id`` as bytes32: empty is zero (not a zk job); ValueError otherwise."""
+    if not circuit_id:
+        return bytes(32)
+    raw = bytes.fromhex(circuit_id)
+    if len(raw) != 32:
+        raise ValueError(f"circuit_id is 32 bytes of hex, got {len(raw)} bytes")
+    return raw
 
 
 def sign_agreement(terms: AgreementTerms, account_key: bytes) -> bytes:

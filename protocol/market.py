@@ -150,6 +150,10 @@ class AgreementTerms(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_interval_ms: int  # the requester's liveness clock, so both sides agree
     chain_id: int
     verifying_contract: str  # the settlement escrow; a zero address until the ledger issue
+    #: for a zk job, the on-chain id of its circuit (``zkp`` vk id, 64 hex
+    #: characters): the escrow pays a provider that proves the job against it
+    #: when the requester refuses to. Empty for every other job (signed as zero).
+    circuit_id: str = ""
 
 
 class Agreement(msgspec.Struct, frozen=True, kw_only=True, tag="agreement"):
