@@ -9,8 +9,8 @@ instead of corrupting the persisted state. The daemon persists the new state
 ::
 
     pending ──matched──► matched ──started──► running ──result_received──► verifying ──verified──► completed
-       ▲                    │                    │
-       └─provider_replaced──┴────────────────────┘
+       ▲                    │                    │                            │
+       └─provider_replaced──┴────────────────────┴────────────────────────────┘
     pending | matched | running | verifying ──failed──► failed
     pending | matched | running | verifying ──cancelled──► cancelled
 
@@ -67,9 +67,11 @@ TRANSITIONS: Mapping[tuple[JobState, JobEvent], JobState] = MappingProxyType(
         (JobState.RUNNING, JobEvent.RESULT_RECEIVED): JobState.VERIFYING,
         (JobState.VERIFYING, JobEvent.VERIFIED): JobState.COMPLETED,
         # Failover: the provider is dropped and the job goes back to the market.
-        # Not from verifying: the result is already here; a bad one fails the job.
+        # From verifying too: a result whose proof fails (verify mode zk) is
+        # not paid and the job is placed again elsewhere (a bounded number of times).
         (JobState.MATCHED, JobEvent.PROVIDER_REPLACED): JobState.PENDING,
         (JobState.RUNNING, JobEvent.PROVIDER_REPLACED): JobState.PENDING,
+        (JobState.VERIFYING, JobEvent.PROVIDER_REPLACED): JobState.PENDING,
         **{(s, JobEvent.FAILED): JobState.FAILED for s in _ACTIVE},
         **{(s, JobEvent.CANCELLED): JobState.CANCELLED for s in _ACTIVE},
     }

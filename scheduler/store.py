@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     output_cid TEXT,
     error TEXT,
     explanation TEXT,
+    verification TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (job_id, role)
@@ -105,9 +106,12 @@ _FIELDS = frozenset(
         "output_cid",
         "error",
         "explanation",
+        "verification",
     }
 )
-_JSON_FIELDS = frozenset({"usage", "error", "explanation"})
+_JSON_FIELDS = frozenset({"usage", "error", "explanation", "verification"})
+#: Columns added after the first release: a database made before gains them at open.
+_ADDED_COLUMNS = {"verification": "TEXT"}
 
 
 class UnknownJob(JobError):
@@ -130,6 +134,8 @@ class JobRow:
     explanation: dict[str, Any] | None
     created_at: float
     updated_at: float
+    #: how the result was checked (verify mode zk: each provider's proof verdict)
+    verification: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +191,10 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -370,7 +380,7 @@ class _Transaction:
 
 _COLUMNS = (
     "job_id, role, state, spec, agreement, provider_peer, provider_account, price, usage,"
-    " output_cid, error, explanation, created_at, updated_at"
+    " output_cid, error, explanation, created_at, updated_at, verification"
 )
 
 
@@ -412,6 +422,7 @@ def _row(r: tuple) -> JobRow:
         explanation=js(r[11]),
         created_at=r[12],
         updated_at=r[13],
+        verification=js(r[14]),
     )
 
 

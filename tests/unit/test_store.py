@@ -131,3 +131,24 @@ def test_update_sets_fields_without_a_transition(store):
     assert store.transitions(J1, role="requester") == []
     with pytest.raises(ValueError, match="unknown job fields"):
         store.update(J1, role="requester", now=5.0, state="completed")
+
+
+def test_a_database_from_before_the_verification_column_gains_it(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (job_id TEXT NOT NULL, role TEXT NOT NULL, state TEXT NOT NULL,"
+        " spec TEXT NOT NULL, agreement BLOB, provider_peer TEXT, provider_account TEXT,"
+        " price TEXT, usage TEXT, output_cid TEXT, error TEXT, explanation TEXT,"
+        " created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (job_id, role));"
+        f"INSERT INTO jobs VALUES ('{J1}', 'requester', 'pending', '{{}}', NULL, NULL, NULL,"
+        " NULL, NULL, NULL, NULL, NULL, 1.0, 1.0);"
+    )
+    old.close()
+    with JobStore(path) as store:
+        assert store.get(J1, role="requester").verification is None
+        verdict = {"mode": "zk", "attempts": [{"valid": True, "backend": "native"}]}
+        row = store.update(J1, role="requester", now=2.0, verification=verdict)
+        assert row.verification == verdict
+    with JobStore(path) as store:  # opened again: nothing to add, nothing lost
+        assert store.get(J1, role="requester").verification == verdict
