@@ -7,7 +7,7 @@ PYTEST := $(VENV)/bin/pytest
 STAMP := $(VENV)/.installed-stamp
 JSIPFS_STAMP := .jsipfs/.installed-stamp
 
-.PHONY: all install jsipfs anvil demo test test-fast test-integration lint bench lock clean wasm
+.PHONY: all install jsipfs anvil zktools circuits demo test test-fast test-integration lint bench lock clean wasm
 
 all: test
 
@@ -35,18 +35,32 @@ $(ANVIL_STAMP): scripts/anvil/package.json scripts/anvil/package-lock.json scrip
 
 anvil: $(ANVIL_STAMP)
 
+# The zero-knowledge toolchain (docs/zkp.md): snarkjs 0.7.6, circom2 0.2.23 and
+# circomlib 2.0.5, `npm ci` from zkp/toolchain/package-lock.json into .zktools/.
+# The snarkjs prover and the interop tests run it; verifying needs none of it.
+ZKTOOLS_STAMP := .zktools/.installed-stamp
+$(ZKTOOLS_STAMP): zkp/toolchain/package.json zkp/toolchain/package-lock.json zkp/toolchain/install.sh
+	./zkp/toolchain/install.sh
+
+zktools: $(ZKTOOLS_STAMP)
+
+# Compile circuits/src/*.circom and run each one's Groth16 setup into
+# circuits/build/ (committed). NEW keys each time: a new circuit CID and vk id.
+circuits: $(ZKTOOLS_STAMP)
+	./circuits/build.sh
+
 demo: $(STAMP)
 	$(VENV)/bin/mask demo
 
 # Everything: unit, property, component, tui and the multi-process tests.
-test: $(STAMP) $(JSIPFS_STAMP) $(ANVIL_STAMP)
+test: $(STAMP) $(JSIPFS_STAMP) $(ANVIL_STAMP) $(ZKTOOLS_STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests
 
 # The inner loop: no real processes.
 test-fast: $(STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/unit tests/property tests/component tests/tui -m "not integration"
 
-test-integration: $(STAMP) $(JSIPFS_STAMP) $(ANVIL_STAMP)
+test-integration: $(STAMP) $(JSIPFS_STAMP) $(ANVIL_STAMP) $(ZKTOOLS_STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/integration
 
 lint: $(STAMP)
@@ -69,7 +83,7 @@ lock: $(STAMP)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^maskd' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .devnet .demo .jsipfs
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .devnet .demo .jsipfs .zktools
 
 # The Solidity contracts (docs/ledger.md): `make contracts` compiles
 # contracts/src with the pinned solc-js into contracts/build/*.json, which are
