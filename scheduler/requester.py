@@ -18,6 +18,10 @@ A job's market life (docs/market.md has the diagram)::
         or a fresh bid round when none is left
     result from the current provider -> verifying -> FetchOutput
     output verified -> completed, owed recorded in the same transaction
+    output rejected (verify mode zk: a proof that fails) -> not paid, the
+        provider scored down and excluded -> provider_replaced -> a fresh bid
+        round, at most ``max_verify_attempts`` providers in all, then failed
+        with ``verification_failed`` and every provider's reason
 
 Peer mistakes (a quote for an unknown job, a result from a replaced provider)
 are dropped and counted in :attr:`RequesterCore.counters`, never raised. A
@@ -78,6 +82,11 @@ __all__ = [
 ]
 
 ROLE = "requester"
+#: Verify modes whose rejected result sends the job to another provider: a
+#: proof is checked against the requester's own key, so a failure is the
+#: provider's, and another provider may well prove it. (A receipt that cannot
+#: be fetched fails the job, as before.)
+_REPLACE_ON_REJECTED = frozenset({"zk"})
 _PLACED = frozenset({JobState.MATCHED, JobState.RUNNING})
 #: An agreement declined for one of these may be offered to that provider in a later round.
 _TRANSIENT_DECLINES = frozenset(
@@ -115,6 +124,9 @@ class RequesterConfig:
     #: seconds after it was first sent (a provider that died as it arrived gets
     #: it once it is back; a duplicate pays nothing twice)
     voucher_resend_after_s: tuple[float, ...] = (5.0, 30.0, 120.0)
+    #: verify mode zk: this many providers' results may fail their check before
+    #: the job fails with ``verification_failed`` (each failure places it again)
+    max_verify_attempts: int = 3
 
 
 # --- commands ----------------------------------------------------------------
@@ -219,6 +231,8 @@ class RequesterJob:
     late_results: int = 0
     error: dict | None = None
     explanation: dict | None = None
+    #: each provider whose result failed verification: peer, account, output, reason
+    verification_failures: list[dict] = field(default_factory=list)
 
     def timers(self) -> Iterable[float]:
         if self.state in (JobState.PENDING, JobState.MATCHED, JobState.RUNNING):
@@ -245,6 +259,24 @@ def _requirements(spec: JobSpec) -> JobRequirements:
         max_seconds=res.max_seconds,
         max_fuel=res.max_fuel or 0,
     )
+
+
+def _failures_from(verification: dict | None) -> list[dict]:
+    """The rejected attempts a job row's ``verification`` records (written by
+    the shell's output checker, ``maskd.payloads``), for a resumed job."""
+    attempts = verification.get("attempts") if isinstance(verification, dict) else None
+    if not isinstance(attempts, list):
+        return []
+    return [
+        {
+            "provider_peer": a.get("provider_peer"),
+            "provider_account": a.get("provider_account"),
+            "output_cid": a.get("output_cid"),
+            "reason": a.get("reason"),
+        }
+        for a in attempts
+        if isinstance(a, dict) and a.get("valid") is False
+    ]
 
 
 class RequesterCore:
@@ -289,7 +321,20 @@ class RequesterCore:
         job = self.job(job_id)
         if job is None:
             raise JobError(f"no job {job_id}", code="job_not_found")
-        return explain_job(job, self._offers(), now=now)
+        return self._explain(job, now)
+
+    def _explain(self, job: RequesterJob, now: float) -> dict:
+        """``explain_job``, plus each provider whose result failed verification."""
+        out = explain_job(job, self._offers(), now=now)
+        if job.verification_failures:
+            out["verification_failures"] = [dict(f) for f in job.verification_failures]
+            lines = [f"results rejected ({len(job.verification_failures)}):"]
+            lines += [
+                f"  {str(f.get('provider_peer'))[-8:]}: {f.get('reason')}"
+                for f in job.verification_failures
+            ]
+            out["text"] = "\n".join([out["text"], *lines])
+        return out
 
     def next_deadline(self) -> float | None:
         times = [t for job in self._jobs.values() for t in job.timers()]
@@ -346,9 +391,7 @@ class RequesterCore:
             self.counters["stale_verification"] += 1
             return []
         if not ok:
-            self.reputation[job.terms.provider_peer] -= 3
-            error = {"code": "verification_failed", "message": detail}
-            return self._finish(job, JobEvent.FAILED, now, error=error) + self._admit(now)
+            return self._rejected(job, detail, now) + self._admit(now)
         self.reputation[job.terms.provider_peer] += 1
         t = job.terms
         owed = OwedEntry(job.job_id, t.provider_peer, t.provider_account, t.price_total)
@@ -359,6 +402,38 @@ class RequesterCore:
         if self.config.pay:
             cmds.append(self._payment(job.job_id, t.provider_peer, t.provider_account, now))
         return cmds + self._admit(now)
+
+    def _rejected(self, job: RequesterJob, detail: str, now: float) -> list[RequesterCommand]:
+        """The result did not pass: nothing is owed, the provider loses reputation,
+        and a zk job goes to another provider while attempts remain."""
+        t = job.terms
+        assert t is not None
+        failure = {
+            "provider_peer": t.provider_peer,
+            "provider_account": t.provider_account,
+            "output_cid": job.output_cid,
+            "reason": detail,
+        }
+        if not any(
+            (f.get("provider_peer"), f.get("output_cid")) == (t.provider_peer, job.output_cid)
+            for f in job.verification_failures
+        ):  # a restart may check the same result again
+            job.verification_failures.append(failure)
+        self.counters["verification_failed"] += 1
+        if (
+            job.spec.verify.mode in _REPLACE_ON_REJECTED
+            and len(job.verification_failures) < self.config.max_verify_attempts
+        ):
+            job.output_cid = None
+            return self._replace(job, now, reason="verification_failed", output_cid=None)
+        self.reputation[t.provider_peer] -= 3
+        if job.spec.verify.mode in _REPLACE_ON_REJECTED:
+            n = len(job.verification_failures)
+            message = f"the results of {n} provider(s) failed verification; the last: {detail}"
+        else:
+            message = detail
+        error = {"code": "verification_failed", "message": message}
+        return self._finish(job, JobEvent.FAILED, now, error=error)
 
     def load_channels(self, owed: Iterable[OwedEntry], now: float) -> list[RequesterCommand]:
         """Start from the store's owed rows (append-only, one per job): each
@@ -416,6 +491,9 @@ class RequesterCore:
             submitted_at=float(row.spec["submitted_at"]),
             state=row.state,
         )
+        job.verification_failures = _failures_from(row.verification)
+        for failure in job.verification_failures:
+            job.excluded.add(str(failure.get("provider_peer")))
         self._jobs[job.job_id] = job
         if row.state is JobState.PENDING or row.agreement is None:
             return self._enqueue(job, now)
@@ -816,13 +894,16 @@ class RequesterCore:
             heartbeat_interval_ms=round(self.config.heartbeat_interval_s * 1000),
             chain_id=self.config.chain_id,
             verifying_contract=self.config.verifying_contract,
+            circuit_id=job.spec.zk.circuit_id if job.spec.zk is not None else "",
         )
         job.offered = terms
         job.agreement_deadline = now + self.config.agreement_timeout_s
         signature = self._keys.sign_agreement(terms)
         return [SendAgreement(best.peer_id, Agreement(terms=terms, requester_signature=signature))]
 
-    def _replace(self, job: RequesterJob, now: float, *, reason: str) -> list[RequesterCommand]:
+    def _replace(
+        self, job: RequesterJob, now: float, *, reason: str, **fields: object
+    ) -> list[RequesterCommand]:
         old = job.provider
         assert old is not None
         self.counters[f"replaced_{reason}"] += 1
@@ -836,6 +917,7 @@ class RequesterCore:
                 provider_account=None,
                 price=None,
                 agreement=None,
+                **fields,
             ),
             SendCancel(old, Cancel(job_id=job.job_id, peer_id=self.config.peer_id, reason=reason)),
         ]
@@ -858,9 +940,16 @@ class RequesterCore:
     ) -> list[RequesterCommand]:
         fields: dict = {}
         if error is not None:
+            if job.verification_failures:
+                error = {
+                    **error,
+                    "verification_failures": [dict(f) for f in job.verification_failures],
+                }
             job.error = fields["error"] = error
-        if event is JobEvent.FAILED and job.state is JobState.PENDING:
-            job.explanation = fields["explanation"] = explain_job(job, self._offers(), now=now)
+        if event is JobEvent.FAILED and (
+            job.state is JobState.PENDING or job.verification_failures
+        ):
+            job.explanation = fields["explanation"] = self._explain(job, now)
         cmds: list[RequesterCommand] = [self._transition(job, event, owed=owed, **fields)]
         me = self.config.peer_id
         if stop_provider is not None and job.provider is not None:

@@ -9,8 +9,16 @@ the job needs and what it may cost; a typo that silently fell back to a default
 a provider. So every mistake becomes one ``JobError(code="spec_invalid")`` whose
 message names the field (``resources.memory_mb``) and the reason, with a hint.
 
+A ``zk-groth16`` job names a ``circuit`` (a folder, a CID, or the name of a
+circuit shipped with maskd) instead of a ``program``, takes its input signals
+as one JSON input, and is always checked by its proof (``verify.mode = "zk"``):
+a zk job whose result is taken on a receipt would pay for an unchecked claim,
+and a proof cannot check a wasm run, so each mode goes with its executor only.
+
 This module reads the spec file and checks that local paths exist; it does no
-other I/O and reads no clock.
+other I/O and reads no clock. The circuit itself is opened when the job is
+submitted (``maskd.jobs_rpc``), which records what the requester verifies
+against in :attr:`JobSpec.zk`.
 """
 
 from __future__ import annotations
@@ -36,16 +44,20 @@ __all__ = [
     "Price",
     "Resources",
     "Verify",
+    "ZkCircuit",
     "load_spec",
     "parse_spec",
 ]
 
 #: Executors a job may name today. The others are planned (DESIGN.md §6) and
 #: get a "not supported yet" message rather than "unknown".
-EXECUTORS = frozenset({"wasm"})
-_PLANNED_EXECUTORS = frozenset({"native", "zk-groth16"})
-VERIFY_MODES = frozenset({"receipt"})
-_PLANNED_VERIFY_MODES = frozenset({"replicate", "freivalds", "zk"})
+EXECUTORS = frozenset({"wasm", "zk-groth16"})
+_PLANNED_EXECUTORS = frozenset({"native"})
+VERIFY_MODES = frozenset({"receipt", "zk"})
+_PLANNED_VERIFY_MODES = frozenset({"replicate", "freivalds"})
+ZK_EXECUTOR = "zk-groth16"
+#: the verify mode each executor must use; executors not named take any other mode
+_VERIFY_MODE_OF = {ZK_EXECUTOR: "zk"}
 
 MAX_MEMORY_MB = 1024 * 1024  # 1 TiB
 MAX_CPU = 1024
@@ -64,7 +76,17 @@ MAX_PATH_BYTES = 4096  # PATH_MAX
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CID_PREFIXES = ("bafy", "bafk", "Qm")
 
-_TOP_KEYS = ("name", "executor", "program", "args", "inputs", "resources", "price", "verify")
+_TOP_KEYS = (
+    "name",
+    "executor",
+    "program",
+    "circuit",
+    "args",
+    "inputs",
+    "resources",
+    "price",
+    "verify",
+)
 _RESOURCE_KEYS = ("cpu", "memory_mb", "gpu", "max_seconds", "max_fuel")
 _PRICE_KEYS = ("max_total", "deadline_seconds")
 _VERIFY_KEYS = ("mode",)
@@ -96,6 +118,12 @@ class Resources(msgspec.Struct, frozen=True):
     max_fuel: int | None = None
 
 
+#: A proof needs the proving key and the witness in memory and a prover that
+#: starts (snarkjs on Node takes a second or two): defaults for zk jobs that fit
+#: the shipped circuits several times over.
+ZK_RESOURCE_DEFAULTS = Resources(cpu=1, memory_mb=2048, max_seconds=120)
+
+
 class Price(msgspec.Struct, frozen=True):
     """``max_total`` is in token base units (an int: too large for TOML integers)."""
 
@@ -107,17 +135,41 @@ class Verify(msgspec.Struct, frozen=True):
     mode: str = "receipt"
 
 
-class JobSpec(msgspec.Struct, frozen=True):
-    """A validated job spec. Build one with :func:`load_spec` or :func:`parse_spec`."""
+class ZkCircuit(msgspec.Struct, frozen=True, kw_only=True):
+    """The circuit a zk job was submitted with, as the requester will check it.
+
+    Filled when the job is submitted (``maskd.jobs_rpc``), from the circuit the
+    requester sends, never written by users. The requester verifies the
+    provider's proof against this ``vk`` (its own copy, not the provider's),
+    ``circuit_id`` is signed in the agreement, and ``public_inputs`` are the
+    values it gave the public input signals: the proof must carry the same.
+    """
+
+    name: str
+    cid: str  # the circuit folder's CID (zkp.circuit.circuit_cid)
+    circuit_id: str  # zkp.formats.vk_id(vk): 64 hex characters, signed in the agreement
+    vk: dict[str, Any]  # verification_key.json, snarkjs's format
+    public_names: tuple[str, ...]  # every public signal, in order (the binding last)
+    n_outputs: int  # the first n_outputs public signals are the circuit's outputs
+    public_inputs: dict[str, str]  # public input signal -> the decimal value given
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated job spec. Build one with :func:`load_spec` or :func:`parse_spec`.
+
+    ``program`` is set for ``wasm`` jobs, ``circuit`` for ``zk-groth16`` ones.
+    """
 
     name: str
     executor: str
-    program: ContentRef
     price: Price
+    program: ContentRef | None = None
+    circuit: ContentRef | None = None
     args: tuple[str, ...] = ()
     inputs: tuple[ContentRef, ...] = ()
     resources: Resources = Resources()
     verify: Verify = Verify()
+    zk: ZkCircuit | None = None
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -177,12 +229,27 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: Path) -> JobSpec:
             reason = f"unknown executor {executor!r}"
         raise _invalid("executor", reason, f"use one of: {', '.join(sorted(EXECUTORS))}")
 
-    program = _content_ref(_require_str(data, "program", ""), "program", base_dir, want_file=True)
+    program = circuit = None
+    if executor == ZK_EXECUTOR:
+        _zk_only_keys(data)
+        circuit = _circuit(_require_str(data, "circuit", ""), base_dir)
+    else:
+        if "circuit" in data:
+            raise _invalid(
+                "circuit",
+                f'only zk-groth16 jobs name a circuit; executor = "{executor}" runs a program',
+                'use program = "…", or executor = "zk-groth16"',
+            )
+        program = _content_ref(
+            _require_str(data, "program", ""), "program", base_dir, want_file=True
+        )
     args = _args(data.get("args", []))
     inputs = _inputs(data.get("inputs", []), base_dir)
+    if executor == ZK_EXECUTOR:
+        _zk_inputs(inputs)
     resources = _resources(_table(data, "resources", required=False), executor)
     price = _price(_table(data, "price", required=True))
-    verify = _verify(_table(data, "verify", required=False))
+    verify = _verify(_table(data, "verify", required=False), executor)
 
     if resources.max_seconds > price.deadline_seconds:
         raise _invalid(
@@ -195,6 +262,7 @@ def parse_spec(data: Mapping[str, Any], *, base_dir: Path) -> JobSpec:
         name=name,
         executor=executor,
         program=program,
+        circuit=circuit,
         args=args,
         inputs=inputs,
         resources=resources,
@@ -275,7 +343,7 @@ def _inputs(value: Any, base_dir: Path) -> tuple[ContentRef, ...]:
 
 def _resources(table: Mapping[str, Any], executor: str) -> Resources:
     _check_keys(table, _RESOURCE_KEYS, prefix="resources.")
-    d = Resources()
+    d = ZK_RESOURCE_DEFAULTS if executor == ZK_EXECUTOR else Resources()
     cpu = _int(table, "cpu", "resources.", d.cpu, lo=1, hi=MAX_CPU, unit="cores")
     memory_mb = _int(
         table, "memory_mb", "resources.", d.memory_mb, lo=1, hi=MAX_MEMORY_MB, unit="MB (1 TiB)"
@@ -348,9 +416,10 @@ def _price(table: Mapping[str, Any]) -> Price:
     return Price(max_total=max_total, deadline_seconds=deadline)
 
 
-def _verify(table: Mapping[str, Any]) -> Verify:
+def _verify(table: Mapping[str, Any], executor: str) -> Verify:
     _check_keys(table, _VERIFY_KEYS, prefix="verify.")
-    mode = table.get("mode", Verify().mode)
+    required = _VERIFY_MODE_OF.get(executor)
+    mode = table.get("mode", required or Verify().mode)
     if not isinstance(mode, str):
         raise _invalid(
             "verify.mode", f"must be a string, got {_tname(mode)}", 'e.g. mode = "receipt"'
@@ -362,7 +431,75 @@ def _verify(table: Mapping[str, Any]) -> Verify:
             else f"unknown verify mode {mode!r}"
         )
         raise _invalid("verify.mode", reason, f"use one of: {', '.join(sorted(VERIFY_MODES))}")
+    if required is not None and mode != required:
+        raise _invalid(
+            "verify.mode",
+            f"{executor} jobs are checked by their proof, not by {mode!r}",
+            f'use mode = "{required}", or leave [verify] out',
+        )
+    owner = next((ex for ex, m in _VERIFY_MODE_OF.items() if m == mode), None)
+    if owner is not None and owner != executor:
+        raise _invalid(
+            "verify.mode",
+            f'{mode!r} checks a proof, and only executor = "{owner}" jobs make one',
+            f'use mode = "receipt" for {executor} jobs, or executor = "{owner}"',
+        )
     return Verify(mode=mode)
+
+
+# --- zk jobs ----------------------------------------------------------------
+
+
+def _zk_only_keys(data: Mapping[str, Any]) -> None:
+    if "program" in data:
+        raise _invalid(
+            "program",
+            "zk-groth16 jobs run a circuit, not a program",
+            'name the circuit instead: circuit = "private_stats" (a shipped name, a folder or a CID)',
+        )
+    if data.get("args"):
+        raise _invalid(
+            "args",
+            "zk-groth16 jobs take no arguments",
+            "give the circuit's input signals in the input JSON file",
+        )
+
+
+def _circuit(value: str, base_dir: Path) -> ContentRef:
+    """A CID, an existing folder (relative to job.toml), or a shipped circuit's name."""
+    if value.startswith(_CID_PREFIXES) or "/" in value or value in (".", ".."):
+        return _content_ref(value, "circuit", base_dir, want_file=False, want_dir=True)
+    try:
+        local = (base_dir / value).exists()
+    except (OSError, ValueError):
+        local = False
+    if local:
+        return _content_ref(value, "circuit", base_dir, want_file=False, want_dir=True)
+    shipped = _shipped_circuits()
+    if value in shipped:
+        return ContentRef("path", str(Path(shipped[value]).resolve()))
+    names = ", ".join(sorted(shipped)) or "none are installed"
+    raise _invalid(
+        "circuit",
+        f"{value!r} is neither a folder next to job.toml nor a shipped circuit ({names})",
+        "name a shipped circuit (`mask zk circuits` lists them), a circuit folder or a CID",
+    )
+
+
+def _shipped_circuits() -> dict[str, Path]:
+    from zkp.circuit import shipped_circuits  # the zkp package, only for zk jobs
+
+    return dict(shipped_circuits())
+
+
+def _zk_inputs(inputs: tuple[ContentRef, ...]) -> None:
+    if len(inputs) != 1 or (inputs[0].kind == "path" and not Path(inputs[0].value).is_file()):
+        got = f"{len(inputs)} inputs" if len(inputs) != 1 else "a folder"
+        raise _invalid(
+            "inputs",
+            f"a zk-groth16 job takes one JSON file of the circuit's input signals, got {got}",
+            'e.g. inputs = ["input.json"] (every input signal but binding, which the provider adds)',
+        )
 
 
 # --- helpers ----------------------------------------------------------------
@@ -394,7 +531,9 @@ def _check_input_name(ref: ContentRef, value: str, field: str) -> None:
         )
 
 
-def _content_ref(value: str, field: str, base_dir: Path, *, want_file: bool) -> ContentRef:
+def _content_ref(
+    value: str, field: str, base_dir: Path, *, want_file: bool, want_dir: bool = False
+) -> ContentRef:
     """A CID if it looks like one and decodes; otherwise a path that must exist."""
     if not value:
         raise _invalid(field, "is empty", "give a path relative to job.toml, or a CID")
@@ -427,6 +566,12 @@ def _content_ref(value: str, field: str, base_dir: Path, *, want_file: bool) -> 
                 field,
                 f"{value!r} is not a file",
                 "point it at the compiled program, e.g. hello.wasm",
+            )
+        if want_dir and is_file:
+            raise _invalid(
+                field,
+                f"{value!r} is a file, not a circuit folder",
+                "point it at the folder holding circuit.json and the circuit's keys",
             )
         return ContentRef("path", str(path))
     if cid_error is not None:

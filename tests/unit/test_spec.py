@@ -168,7 +168,9 @@ INVALID = [
     (('max_total = "1000000000000000"\n', ""), "price.max_total", "missing"),
     (("deadline_seconds = 300", "deadline_seconds = 0"), "price.deadline_seconds", "out of range"),
     (('mode = "receipt"', 'mode = "magic"'), "verify.mode", "unknown verify mode"),
-    (('mode = "receipt"', 'mode = "zk"'), "verify.mode", "not supported yet"),
+    (('mode = "receipt"', 'mode = "replicate"'), "verify.mode", "not supported yet"),
+    (('mode = "receipt"', 'mode = "zk"'), "verify.mode", 'only executor = "zk-groth16"'),
+    (('name = "hello"', 'name = "hello"\ncircuit = "data"'), "circuit", "only zk-groth16 jobs"),
 ]
 
 
