@@ -5,7 +5,9 @@
   encrypted to the asker's X25519 key from its identity record;
 - ``fetch_private`` / ``PayloadClient`` fetch one, decrypt it and check that
   it is exactly the DAG of the CID the agreement (or the signed result) names;
-- ``StorageOutputs`` is the requester's ``Outputs``: fetch a result, check it.
+- ``StorageOutputs`` is the requester's ``Outputs``: fetch a result, check it
+  (verify mode zk: the proof, against the requester's own key, before paying;
+  ``maskd.zk_check``), and record each zk verdict in the job row.
 
 Payloads never enter the shared block store.
 """
@@ -17,6 +19,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import msgspec
 import trio
 
 from maskd.jobfiles import PrivateFiles
+from maskd.zk_check import ZkCheck, check_zk_result
 from protocol import jobdata as jd
 from protocol.errors import JobError, MaskError, StorageError, WireError
 from protocol.identity import verify_identity_record
@@ -31,6 +35,7 @@ from protocol.market import Agreement
 from protocol.messages import JOB_PROTOCOL, IdentityRecord
 from scheduler.async_store import ThreadedStore
 from scheduler.jobstate import JobState
+from scheduler.spec import JobSpec
 from scheduler.store import JobRow
 from storage.carfile import verify_car
 from storage.crypto import decrypt_stream, encrypt_stream
@@ -48,6 +53,7 @@ PAYLOAD_HEADER_TIMEOUT_S = MATCH_WAIT_S + 60.0  # the match wait plus encrypting
 PAYLOAD_IDLE_TIMEOUT_S = 30.0  # between two frames
 PAYLOAD_TIMEOUT_S = 300.0  # a whole transfer
 MAX_PAYLOAD_BYTES = 4 << 30  # ciphertext a client accepts for a bundle
+ZK_CHECKS_AT_ONCE = 2  # proofs verified at once (py-ecc holds a core for ~1 s each)
 
 _RUN = WasmLimits()
 # A result is what a provider's sandbox may write: /out under its caps plus
@@ -385,11 +391,22 @@ def store_authorizer(
 
 
 class StorageOutputs:
-    """Requester side: fetch a result over ``/mask/job/1`` and check its root CID."""
+    """Requester side: fetch a result over ``/mask/job/1`` and check its root CID;
+    for verify mode zk, check its proof too (``maskd.zk_check``)."""
 
-    def __init__(self, payloads: PayloadClient, store: ThreadedStore):
+    def __init__(
+        self,
+        payloads: PayloadClient,
+        store: ThreadedStore,
+        *,
+        zk_backend: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.payloads = payloads
         self.store = store
+        self.zk_backend = zk_backend  # None: zkp.verify.default_backend()
+        self._clock = clock
+        self._zk_limiter = trio.CapacityLimiter(ZK_CHECKS_AT_ONCE)
 
     async def _job_for(self, peer_id: str, output_cid: str) -> str | None:
         # the Outputs interface names no job: the core persisted the result
@@ -413,12 +430,19 @@ class StorageOutputs:
     async def fetch_and_verify(
         self, peer_id: str, output_cid: str, verify_mode: str
     ) -> tuple[bool, str]:
+        if verify_mode == "zk":
+            return await self._fetch_and_prove(peer_id, output_cid)
         dest = self.payloads.files.result(output_cid)
         if await self._have(dest):
             return True, ""  # already here, verified against this CID when it came
         job_id = await self._job_for(peer_id, output_cid)
         if job_id is None:
             return False, f"no job is verifying output {output_cid} from {peer_id}"
+        return await self._fetch(peer_id, job_id, output_cid, dest)
+
+    async def _fetch(
+        self, peer_id: str, job_id: str, output_cid: str, dest: Path
+    ) -> tuple[bool, str]:
         with trio.move_on_after(OUTPUT_FETCH_TIMEOUT_S):
             try:
                 # receipt mode: the CAR decrypted (authenticated) and is exactly
@@ -431,6 +455,60 @@ class StorageOutputs:
             return True, ""
         return False, f"fetching the output took over {OUTPUT_FETCH_TIMEOUT_S:.0f} s"
 
+    async def _fetch_and_prove(self, peer_id: str, output_cid: str) -> tuple[bool, str]:
+        """Verify mode zk: the result's proof, checked as this job's, and the
+        verdict recorded in the job row before the core hears of it."""
+        job_id = await self._job_for(peer_id, output_cid)
+        if job_id is None:
+            return False, f"no job is verifying output {output_cid} from {peer_id}"
+        row = await self.store.get(job_id, role="requester")
+        terms = _terms(row)
+        try:
+            zk = msgspec.convert(row.spec["spec"], JobSpec).zk
+        except (msgspec.ValidationError, KeyError, TypeError):
+            zk = None
+        if zk is None or terms is None:
+            return False, "the job's record holds no circuit or agreement to check a proof against"
+        dest = self.payloads.files.result(output_cid)
+        ok, detail = (
+            (True, "")
+            if await self._have(dest)
+            else await self._fetch(peer_id, job_id, output_cid, dest)
+        )
+        if not ok:
+            check = ZkCheck(False, detail)
+        else:
+
+            def run() -> ZkCheck:
+                return check_zk_result(
+                    dest,
+                    output_cid,
+                    zk,
+                    job_id=job_id,
+                    requester_account=terms.requester_account,
+                    provider_account=terms.provider_account,
+                    backend=self.zk_backend,
+                )
+
+            check = await trio.to_thread.run_sync(run, limiter=self._zk_limiter)
+        attempt = check.record(
+            provider_peer=peer_id, provider_account=terms.provider_account, output_cid=output_cid
+        )
+        circuit = {"name": zk.name, "cid": zk.cid, "id": zk.circuit_id}
+        now = self._clock()
+
+        def record(store) -> None:
+            current = store.get(job_id, role="requester").verification
+            store.update(
+                job_id,
+                role="requester",
+                now=now,
+                verification=_with_attempt(current, circuit, attempt),
+            )
+
+        await self.store.run(record)
+        return check.valid, check.reason
+
     async def fetch_logs(self, job_id: str, peer_id: str, output_cid: str) -> None:
         dest = self.payloads.files.result(output_cid)
         if await self._have(dest):
@@ -440,6 +518,19 @@ class StorageOutputs:
                 await self.payloads.fetch(peer_id, job_id, "result", output_cid, dest)
             except (MaskError, OSError) as exc:
                 log.info("job %s failed and its logs could not be fetched: %s", job_id, exc)
+
+
+def _with_attempt(current: object, circuit: dict, attempt: dict) -> dict:
+    """The row's verification record with ``attempt`` in it: the same provider's
+    same output checked again (after a restart) replaces its earlier verdict."""
+    attempts = current.get("attempts") if isinstance(current, dict) else None
+    key = (attempt["provider_peer"], attempt["output_cid"])
+    kept = [
+        a
+        for a in (attempts if isinstance(attempts, list) else [])
+        if isinstance(a, dict) and (a.get("provider_peer"), a.get("output_cid")) != key
+    ]
+    return {"mode": "zk", "circuit": circuit, "attempts": [*kept, attempt]}
 
 
 class PayloadClient:
