@@ -144,7 +144,7 @@ def jobs(state, as_json: bool) -> None:
 )
 @pass_state
 def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
-    """One job: state, provider, price, usage, output, error."""
+    """One job: state, provider, price, usage, output, error; a zk job's proof."""
     data = (
         _follow(state, job_id, quiet=as_json)
         if follow
@@ -169,8 +169,10 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
         c.print(_field(key, data.get(key) or "-"))
     if data.get("usage"):
         c.print(_field("usage", data["usage"]))
+    for label, value in render.zk_rows(data):
+        c.print(_field(label, value))
     if data.get("error"):
-        c.print(_field("error", data["error"], style="bold red"))
+        c.print(_field("error", _error(data["error"]), style="bold red"))
         if data.get("output_cid") and not logs:
             c.print(Text(f"{'':>16} the run's stdout and stderr: mask job {_safe(job_id)} --logs"))
     transitions = data.get("transitions")
@@ -181,6 +183,13 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
         c.print(Text(f"{'':>16} {_clock(t.get('at'))} ") + render.untrusted(moved))
     if logs:
         _print_logs(c, data["logs"])
+
+
+def _error(error: Any) -> Any:
+    """``code: message`` for a job's error; the rejected results are listed above it."""
+    if isinstance(error, dict) and "verification_failures" in error:
+        return f"{error.get('code')}: {error.get('message')}"
+    return error
 
 
 def _print_logs(c: Console, lg: Any) -> None:
@@ -210,7 +219,10 @@ def _print_logs(c: Console, lg: Any) -> None:
 )
 @pass_state
 def result(state, job_id: str, dest: str) -> None:
-    """Write a completed job's result (out/, stdout.log, stderr.log) into DIR."""
+    """Write a completed job's result (out/, stdout.log, stderr.log) into DIR.
+
+    A zk job's also holds proof.json, public.json and verification_key.json (the
+    key this node checked the proof against), so snarkjs can check it too."""
     out = state.call("v1.jobs.result", {"job_id": job_id, "dest": os.path.abspath(dest)})
     click.echo(f"{_safe(out['dest'])}  ({_safe(out['output_cid'])})")
 

@@ -5,6 +5,11 @@ job wrote (errors, logs): the client renders that as untrusted text.
 Results and logs come out of private CARs under limits (storage.exporter):
 a hostile provider's result cannot write outside the chosen folder, create
 links, or unpack more than the job was allowed to write.
+
+A zk job's bundle is packed by ``maskd.zk_bundle`` (the circuit and its
+input.json, checked as a provider will check them); its record shows the
+circuit and each provider's proof verdict, and ``v1.jobs.result`` writes the
+requester's own verification key beside the proof, never the provider's copy.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import trio
 
 from maskd.jobfiles import PrivateFiles
 from maskd.payloads import RESULT_LIMITS
+from maskd.zk_bundle import job_document, pack_zk
 from protocol.errors import JobError, MaskError, RpcError, StorageError
 from scheduler.async_store import ThreadedStore
 from scheduler.market import RequesterService
-from scheduler.spec import JobSpec, load_spec
+from scheduler.spec import ZK_EXECUTOR, JobSpec, load_spec
 from scheduler.store import JobRow
 from storage.carfile import export_car, read_file_at
 from storage.exporter import export_to_path
@@ -39,7 +45,8 @@ LOG_READ_BYTES = WasmLimits().max_log_bytes  # a provider keeps at most this muc
 
 
 def job_json(row: JobRow) -> dict[str, Any]:
-    spec = row.spec or {}
+    stored = row.spec or {}
+    spec = stored.get("spec") if isinstance(stored.get("spec"), dict) else stored
     return {
         "job_id": row.job_id,
         "role": row.role,
@@ -52,8 +59,23 @@ def job_json(row: JobRow) -> dict[str, Any]:
         "output_cid": row.output_cid,
         "error": row.error,
         "explanation": row.explanation,
+        "circuit": _circuit_json(spec),
+        "verification": row.verification,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+    }
+
+
+def _circuit_json(spec: dict) -> dict[str, Any] | None:
+    """A zk job's circuit as the requester submitted it: name, CID, id, output count."""
+    zk = spec.get("zk") if isinstance(spec, dict) else None
+    if not isinstance(zk, dict):
+        return None
+    return {
+        "name": zk.get("name"),
+        "cid": zk.get("cid"),
+        "id": zk.get("circuit_id"),
+        "outputs": zk.get("n_outputs"),
     }
 
 
@@ -114,7 +136,7 @@ class JobsRpc:
         if not isinstance(path, str) or not os.path.isabs(path):
             raise RpcError("params.path must be an absolute path to a job.toml", rpc_code=-32602)
         spec = await trio.to_thread.run_sync(load_spec, path)
-        bundle = await self._bundle(spec)
+        bundle, spec = await self._bundle(spec)
         try:
             # a private CAR, not the shared block store: it is served over
             # /mask/job/1 to the job's matched provider only
@@ -125,11 +147,12 @@ class JobsRpc:
         row = await self.store.get(job_id, role="requester")
         return {"job_id": job_id, "state": str(row.state), "spec_cid": spec_cid}
 
-    async def _bundle(self, spec: JobSpec) -> Path:
-        """The job bundle dir; CID programs and inputs are fetched from peers first."""
+    async def _bundle(self, spec: JobSpec) -> tuple[Path, JobSpec]:
+        """The job bundle dir, and the spec as submitted (a zk job's with its
+        circuit recorded); CID programs, circuits and inputs are fetched first."""
         store = self.storage.store
-        for ref in (spec.program, *spec.inputs):
-            if ref.kind == "cid":
+        for ref in (spec.program or spec.circuit, *spec.inputs):
+            if ref is not None and ref.kind == "cid":
                 await self._fetch_ref(ref.value)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=self.dir))
 
@@ -142,8 +165,16 @@ class JobsRpc:
             else:
                 shutil.copyfile(ref.value, dest)
 
-        def build() -> None:
-            doc = msgspec.to_builtins(spec)
+        def build_zk() -> JobSpec:
+            zk_spec = msgspec.structs.replace(spec, zk=pack_zk(spec, tmp, place))
+            (tmp / "job.json").write_text(json.dumps(job_document(zk_spec), sort_keys=True))
+            return zk_spec
+
+        def build() -> JobSpec:
+            if spec.executor == ZK_EXECUTOR:
+                return build_zk()
+            assert spec.program is not None
+            doc = {k: v for k, v in msgspec.to_builtins(spec).items() if v is not None}
             doc["program"] = "program.wasm"
             names = []
             (tmp / "in").mkdir()
@@ -159,13 +190,14 @@ class JobsRpc:
                     hint="point `program` at the CID of the .wasm file itself",
                 )
             (tmp / "job.json").write_text(json.dumps(doc, sort_keys=True))
+            return spec
 
         try:
-            await trio.to_thread.run_sync(build)
+            spec = await trio.to_thread.run_sync(build)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return tmp
+        return tmp, spec
 
     async def _fetch_ref(self, cid: str) -> None:
         """Make a CID's DAG local (from the store, else from connected peers)."""
@@ -254,10 +286,17 @@ class JobsRpc:
         if os.path.lexists(dest):
             raise JobError(f"{dest} already exists", code="path_exists", hint="choose a new -o")
         car = self._result_car(row)
-        # a provider's DAG: no links, and no more than any provider may write
-        await trio.to_thread.run_sync(
-            lambda: export_car(car, row.output_cid, dest, limits=RESULT_LIMITS)
-        )
+        vk = _own_vk(row)
+
+        def write() -> None:
+            # a provider's DAG: no links, and no more than any provider may write
+            export_car(car, row.output_cid, dest, limits=RESULT_LIMITS)
+            if vk is not None:
+                # the key the proof was checked against: the requester's own
+                # circuit's, whatever the provider's result put there
+                _replace_file(Path(dest) / "verification_key.json", json.dumps(vk, indent=1))
+
+        await trio.to_thread.run_sync(write)
         return {"job_id": row.job_id, "output_cid": row.output_cid, "dest": dest}
 
     def _result_car(self, row: JobRow) -> Path:
@@ -297,6 +336,25 @@ class JobsRpc:
         out["stdout"] = await trio.to_thread.run_sync(read, "stdout.log")
         out["stderr"] = await trio.to_thread.run_sync(read, "stderr.log")
         return out
+
+
+def _own_vk(row: JobRow) -> dict | None:
+    """The verification key a requester's zk job was submitted with (JobSpec.zk)."""
+    if row.role != "requester":
+        return None
+    spec = (row.spec or {}).get("spec")
+    zk = spec.get("zk") if isinstance(spec, dict) else None
+    vk = zk.get("vk") if isinstance(zk, dict) else None
+    return vk if isinstance(vk, dict) else None
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``path`` anew, whatever was there (a file, or an entry the result made)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text + "\n")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def provider_explanation(row: JobRow, payment: dict | None) -> dict:

@@ -42,6 +42,8 @@ __all__ = [
     "format_score",
     "format_price",
     "format_wall_ms",
+    "proof_verdict",
+    "zk_rows",
     "JOB_STATE_STYLES",
     "job_state_style",
     "gpus_summary",
@@ -205,6 +207,70 @@ def format_wall_ms(ms: Any) -> str:
     if ms < 60_000:
         return f"{ms / 1000:.1f} s"
     return format_duration(ms / 1000)
+
+
+def proof_verdict(attempt: Any) -> str:
+    """One provider's proof, checked: ``valid (native, 3.1 ms)`` or ``invalid: <why>``."""
+    if not isinstance(attempt, Mapping):
+        return DASH
+    if attempt.get("valid") is True:
+        ms = attempt.get("ms")
+        took = f", {ms:.1f} ms" if isinstance(ms, int | float) and not isinstance(ms, bool) else ""
+        return f"valid ({attempt.get('backend') or DASH}{took})"
+    return f"invalid: {attempt.get('reason') or 'no reason given'}"
+
+
+def _signals(public: Any, names: Sequence[str]) -> str:
+    if not isinstance(public, Mapping):
+        return DASH
+    return "  ".join(f"{name}={public.get(name, DASH)}" for name in names) or DASH
+
+
+def zk_rows(job: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``mask job`` rows for a zk job (label, value): its circuit, the proof of the
+    latest result and its public signals by name, and every result rejected.
+
+    Values hold text from providers (reasons, signals): print them as untrusted.
+    """
+    rows: list[tuple[str, str]] = []
+    circuit = job.get("circuit")
+    if isinstance(circuit, Mapping):
+        rows.append(
+            (
+                "circuit",
+                f"{circuit.get('name') or DASH}  {circuit.get('cid') or DASH}"
+                f"  id {circuit.get('id') or DASH}",
+            )
+        )
+    verification = job.get("verification")
+    attempts = verification.get("attempts") if isinstance(verification, Mapping) else None
+    attempts = [a for a in attempts if isinstance(a, Mapping)] if isinstance(attempts, list) else []
+    if attempts:
+        last = attempts[-1]
+        verdict = proof_verdict(last)
+        if last.get("valid") is not True:
+            verdict += f" (from {short_id(last.get('provider_peer'))})"
+        rows.append(("proof", verdict))
+        public = last.get("public")
+        if isinstance(public, Mapping):
+            names = [str(n) for n in public if n != "binding"]
+            n_out = circuit.get("outputs") if isinstance(circuit, Mapping) else None
+            if isinstance(n_out, int) and not isinstance(n_out, bool) and 0 <= n_out <= len(names):
+                rows.append(("outputs", _signals(public, names[:n_out])))
+                if names[n_out:]:
+                    rows.append(("public inputs", _signals(public, names[n_out:])))
+            else:
+                rows.append(("public", _signals(public, names)))
+        rejected = [a for a in attempts[:-1] if a.get("valid") is not True]
+    else:
+        error = job.get("error")
+        failures = error.get("verification_failures") if isinstance(error, Mapping) else None
+        rejected = (
+            [f for f in failures if isinstance(f, Mapping)] if isinstance(failures, list) else []
+        )
+    for a in rejected:
+        rows.append(("rejected", f"{short_id(a.get('provider_peer'))}: {a.get('reason') or DASH}"))
+    return rows
 
 
 # Job states people should notice: in flight (yellow), done (green), ended badly (red).

@@ -165,3 +165,16 @@ def test_zk_mode_is_for_zk_jobs_only(job_dir: Path) -> None:
     # and native is still only planned
     with pytest.raises(JobError, match="'native' is not supported yet"):
         load_spec(write(job_dir, text.replace('"wasm"', '"native"')))
+
+
+@pytest.mark.parametrize(
+    ("example", "circuit"), [("zk-stats", "private_stats"), ("zk-preimage", "poseidon_preimage")]
+)
+def test_the_zk_examples_name_shipped_circuits(example: str, circuit: str) -> None:
+    from zkp.circuit import shipped_circuits
+
+    root = Path(__file__).resolve().parents[2] / "examples" / example
+    spec = load_spec(root / "job.toml")
+    assert spec.executor == "zk-groth16" and spec.verify.mode == "zk"
+    assert spec.circuit == ContentRef("path", str(shipped_circuits()[circuit].resolve()))
+    assert spec.inputs == (ContentRef("path", str(root / "input.json")),)
