@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import msgspec
 import pytest
 import trio
+import trio.testing
 
 from maskd.jobfiles import PrivateFiles
 from maskd.payloads import StorageOutputs
@@ -25,15 +26,23 @@ from protocol.errors import JobError
 from protocol.market import Agreement, AgreementTerms, encode_market
 from scheduler.async_store import ThreadedStore
 from scheduler.jobstate import JobEvent, JobState
-from scheduler.spec import ContentRef, JobSpec, Price, Verify, ZkCircuit
+from scheduler.spec import ContentRef, JobSpec, Price, Resources, Verify, ZkCircuit
 from scheduler.store import JobStore
+from scheduler.testing import FakeOutputs
 from storage.carfile import write_path_car
+from tests.component.harness import Market
 from tests.factories import Peer
 from zkp.binding import SNARK_SCALAR_FIELD, job_binding
 from zkp.formats import proof_to_json, public_to_json, vk_to_json
 from zkp.testing import TrapdoorSetup
 
 pytestmark = pytest.mark.trio
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
 
 R, P1, P2 = Peer(1), Peer(11), Peer(12)
 JOB, OTHER_JOB = "ab" * 32, "cd" * 32
@@ -361,3 +370,90 @@ async def test_receipt_mode_is_unchanged(node):
     with trio.fail_after(30):
         assert await node.outputs.fetch_and_verify(P1.peer_id, cid, "receipt") == (True, "")
     assert node.store.get(JOB, role="requester").verification is None
+
+
+# --- in the market: a rejected proof sends the job elsewhere ------------------------------
+
+
+class CheatedOutputs(FakeOutputs):
+    """The requester's check, faked per provider: ``cheats`` fail it."""
+
+    def __init__(self, cheats: set[str]):
+        super().__init__()
+        self.cheats = cheats
+        self.modes: list[str] = []
+
+    async def fetch_and_verify(self, peer_id, output_cid, verify_mode):
+        self.modes.append(verify_mode)
+        if peer_id in self.cheats:
+            await trio.lowlevel.checkpoint()
+            return False, f"the proof does not verify (from {peer_id[-4:]})"
+        return await super().fetch_and_verify(peer_id, output_cid, verify_mode)
+
+
+def zk_market_spec() -> JobSpec:
+    return JobSpec(
+        name="stats",
+        executor="zk-groth16",
+        circuit=ContentRef("cid", ZK.cid),
+        inputs=(ContentRef("cid", "bafkreiinput"),),
+        price=Price(max_total=10**6, deadline_seconds=600),
+        resources=Resources(cpu=1, memory_mb=2048, max_seconds=60),
+        verify=Verify(mode="zk"),
+        zk=ZK,
+    )
+
+
+ZK_EXECUTORS = frozenset({"wasm", "zk-groth16"})
+
+
+async def test_a_job_whose_proofs_fail_completes_with_an_honest_provider(autojump_clock, tmp_path):
+    peers = {n: Peer(n) for n in (11, 12, 13)}
+    cheats = {peers[11].peer_id, peers[12].peer_id}
+    async with trio.open_nursery() as nursery:
+        market = Market(nursery, tmp_path, outputs=CheatedOutputs(cheats))
+        for n in peers:
+            await market.add_provider(n, executors=ZK_EXECUTORS)
+        req = await market.add_requester()
+        # the cheaters come first: they are the best reputed
+        for peer in cheats:
+            req.service.core.reputation[peer] = 10
+        job_id = await req.service.submit(zk_market_spec(), "bafkreispec")
+        assert await market.wait_state(job_id, JobState.COMPLETED, JobState.FAILED) is (
+            JobState.COMPLETED
+        )
+        row = req.store.get(job_id, role="requester")
+        assert row.provider_peer == peers[13].peer_id
+        log = req.store.transitions(job_id, role="requester")
+        replaced = [t.fields.get("reason") for t in log if t.event is JobEvent.PROVIDER_REPLACED]
+        assert replaced == ["verification_failed", "verification_failed"]
+        assert [(e.provider_peer, e.job_id) for e in req.store.owed()] == [
+            (peers[13].peer_id, job_id)
+        ]
+        assert set(market.outputs.modes) == {"zk"}
+        core = req.service.core
+        assert all(core.reputation[p] == 10 - 3 for p in cheats)
+        explained = core.explain(job_id, trio.current_time())
+        assert {f["provider_peer"] for f in explained["verification_failures"]} == cheats
+        nursery.cancel_scope.cancel()
+
+
+async def test_three_rejected_proofs_fail_the_job_and_nobody_is_paid(autojump_clock, tmp_path):
+    peers = [Peer(n) for n in (11, 12, 13, 14)]
+    async with trio.open_nursery() as nursery:
+        market = Market(nursery, tmp_path, outputs=CheatedOutputs({p.peer_id for p in peers}))
+        for p in peers:
+            await market.add_provider(int(p.seed[0]), executors=ZK_EXECUTORS)
+        req = await market.add_requester()
+        job_id = await req.service.submit(zk_market_spec(), "bafkreispec")
+        assert await market.wait_state(job_id, JobState.FAILED) is JobState.FAILED
+        row = req.store.get(job_id, role="requester")
+        assert row.error["code"] == "verification_failed"
+        failures = row.error["verification_failures"]
+        assert len(failures) == 3 and len({f["provider_peer"] for f in failures}) == 3
+        assert all("the proof does not verify" in f["reason"] for f in failures)
+        assert len(row.explanation["verification_failures"]) == 3
+        assert req.store.owed() == []
+        ran = sum(len(p.worker.finished) for p in market.providers)
+        assert ran == 3  # the fourth provider was never asked
+        nursery.cancel_scope.cancel()
