@@ -164,15 +164,17 @@ def _field_value(value: object, where: str) -> int:
     return number % SNARK_SCALAR_FIELD
 
 
-def _flat_values(value: object, where: str, depth: int, out: list[int], cap: int) -> None:
+def _flat_values(
+    value: object, where: str, depth: int, out: list[int], cap: int, total: int
+) -> None:
     if isinstance(value, list | tuple):
         if depth >= _MAX_DEPTH:
             raise _input_error(f"input {where}: nested more than {_MAX_DEPTH} deep")
         for item in value:
-            _flat_values(item, where, depth + 1, out, cap)
+            _flat_values(item, where, depth + 1, out, cap, total)
         return
     if len(out) >= cap:
-        raise _input_error(f"more than {cap} input values")
+        raise _input_error(f"more than {total} input values")
     out.append(_field_value(value, where))
 
 
@@ -203,7 +205,7 @@ def _qualify(
             _qualify(f"{prefix}[{i}]", item, depth + 1, out, count, cap)
         return
     values: list[int] = []
-    _flat_values(value, prefix, depth, values, cap - count[0])
+    _flat_values(value, prefix, depth, values, cap - count[0], cap)
     count[0] += len(values)
     out[prefix] = values
 
