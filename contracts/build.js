@@ -72,7 +72,12 @@ function sortKeys(value) {
 function main() {
   const outDir = path.resolve(process.argv[2] || path.join(HERE, "build"));
   const solc = loadSolc();
-  const files = fs.readdirSync(SRC_DIR).filter((f) => f.endsWith(".sol")).sort();
+  // src/ and its subdirectories (src/examples/): paths relative to src/, "/"-separated.
+  const files = fs
+    .readdirSync(SRC_DIR, { recursive: true })
+    .map((f) => f.split(path.sep).join("/"))
+    .filter((f) => f.endsWith(".sol"))
+    .sort();
   if (files.length === 0) fail(`no .sol files in ${SRC_DIR}`);
   const sources = {};
   for (const f of files) sources[`src/${f}`] = { content: fs.readFileSync(path.join(SRC_DIR, f), "utf8") };
@@ -103,6 +108,7 @@ function main() {
         deployedBytecode: "0x" + contract.evm.deployedBytecode.object,
         solc: version,
       });
+      if (written.some((w) => w.startsWith(`${name} (`))) fail(`two contracts are named ${name}`, "artifacts are named by contract: rename one");
       const target = path.join(outDir, `${name}.json`);
       fs.writeFileSync(target, JSON.stringify(artifact, null, 2) + "\n");
       written.push(`${name} (${(contract.evm.deployedBytecode.object.length / 2) | 0} bytes deployed)`);

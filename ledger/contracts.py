@@ -2,11 +2,13 @@
 
 ``contracts/build/*.json`` are committed (``make contracts`` rebuilds them with
 the pinned solc, ``make contracts-check`` proves they match the sources), so
-deploying or calling the token and the escrow needs no compiler at run time:
-this module only reads those files. It also mirrors what the Solidity side
-encodes as bare numbers or selectors: the ``VoucherSkipped`` reasons and the
-escrow's custom errors, with a message and a hint for each, so a revert can be
-shown to a person instead of as four bytes of hex.
+deploying or calling the token, the escrow and ComputeRequests needs no
+compiler at run time: this module only reads those files. It also mirrors what
+the Solidity side encodes as bare numbers or selectors: the ``VoucherSkipped``
+reasons and the contracts' custom errors, with a message and a hint for each,
+so a revert can be shown to a person instead of as four bytes of hex, and a
+refused zk claim, slash or fulfilment can be recorded as a snake_case reason
+(:func:`refusal_reason`).
 
 Pure: file reads and ABI decoding, no chain access.
 """
@@ -29,8 +31,13 @@ from protocol.errors import MaskError
 
 __all__ = [
     "BUILD_DIR",
+    "CLAIM_REFUSALS",
     "ESCROW",
+    "FULFILL_REFUSALS",
+    "REQUESTS",
     "REVERT_HINTS",
+    "SLASH_REFUSALS",
+    "STATS_CONSUMER",
     "SKIP_BAD_SIGNATURE",
     "SKIP_INSUFFICIENT_DEPOSIT",
     "SKIP_NOT_INCREASE",
@@ -42,6 +49,7 @@ __all__ = [
     "Revert",
     "decode_revert",
     "load_artifact",
+    "refusal_reason",
     "skip_reason_name",
     "voucher_args",
 ]
@@ -49,6 +57,10 @@ __all__ = [
 BUILD_DIR = Path(__file__).resolve().parent.parent / "contracts" / "build"
 TOKEN = "MaskToken"
 ESCROW = "SettlementEscrow"
+#: DApps' zk requests, deployed right after the escrow (its verifier).
+REQUESTS = "ComputeRequests"
+#: The example DApp (contracts/src/examples/StatsConsumer.sol).
+STATS_CONSUMER = "StatsConsumer"
 
 # VoucherSkipped(requester, provider, cumulative, reason): contracts/src/SettlementEscrow.sol.
 SKIP_BAD_SIGNATURE = 1  # not the requester's signature: wrong signer, high s, v not 27/28, length
@@ -82,7 +94,147 @@ REVERT_HINTS: Mapping[str, tuple[str, str]] = {
     ),
     "NoUnstakePending": ("there is no unstake request", "request one with requestUnstake first"),
     "UnstakeNotDue": ("the unstake request is not due yet", "wait until its time `at`"),
+    # zk: the verifier, claimWithProof, slash (SettlementEscrow)
+    "InvalidKeyIcLength": (
+        "the verifying key's ic must hold 1 to 257 points (0 to 256 public signals)",
+        "register the verification_key.json snarkjs wrote, converted with zkp.formats.vk_calldata",
+    ),
+    "InvalidKeyCoordinate": (
+        "a G2 coordinate of the verifying key is not below the field prime q",
+        "convert the key with zkp.formats.vk_calldata (G2 in EIP-197 order)",
+    ),
+    "InvalidKeyPoint": (
+        "alpha1 or an ic point of the verifying key is not a point on BN254",
+        "convert the key with zkp.formats.vk_calldata",
+    ),
+    "KeyStoreFailed": ("storing the verifying key failed", "retry with more gas"),
+    "VerifierOutOfGas": (
+        "the transaction ran out of gas inside the proof check",
+        "send it with more gas (estimate_gas gives enough)",
+    ),
+    "NotZkJob": (
+        "the agreement names no circuit, so no proof can pay for it",
+        "only jobs agreed with a circuitId can be claimed with a proof; settle a voucher instead",
+    ),
+    "BadAgreementSignature": (
+        "the agreement is not signed by its requester",
+        "submit the agreement exactly as the requester signed it, with its signature",
+    ),
+    "InvalidProof": (
+        "the proof does not verify for these public signals",
+        "check the proof, the public signals and the circuit id (a provider whose proof fails gains nothing)",
+    ),
+    "BindingMismatch": (
+        "the last public signal is not this job's binding",
+        "the proof must be made for this job id, requester and provider (zkp.binding.job_binding)",
+    ),
+    "AlreadyClaimed": (
+        "this provider was already paid for this job with a proof",
+        "nothing to do: a job is claimed once",
+    ),
+    "ClaimWindowClosed": (
+        "the claim window closed (30 days after the agreement's deadline)",
+        "claims must be made within the window",
+    ),
+    "BadResultSignature": (
+        "the zk result is not signed by the provider named in it",
+        "slashing needs the provider's own EIP-712 ZkResult signature",
+    ),
+    "UnknownCircuit": (
+        "the circuit is not registered on chain",
+        "register its verifying key first (registerCircuit is open to anyone)",
+    ),
+    "NotSlashable": (
+        "the signed result holds: its proof verifies and its binding matches",
+        "a correct result cannot be slashed",
+    ),
+    "AlreadySlashed": (
+        "this provider was already slashed for this job",
+        "nothing to do: evidence is used once",
+    ),
+    "NothingToSlash": ("the provider has no stake", "nothing to take"),
+    # ComputeRequests
+    "ZeroPayment": ("the payment is zero", "offer a payment above 0"),
+    "DeadlinePassed": ("the deadline is not in the future", "give a later deadline"),
+    "PublicCountMismatch": (
+        "the number of public signals does not fit the circuit",
+        "outputs + inputs + 1 (the binding) must equal the circuit's public signals",
+    ),
+    "InputOutOfField": (
+        "an input is not below the scalar field order r",
+        "reduce the input modulo r (zkp.binding.SNARK_SCALAR_FIELD)",
+    ),
+    "CidTooLong": ("the input CID is too long", "give a CID of at most 256 bytes"),
+    "TooManyInputs": ("too many inputs", "a request has at most 255 inputs"),
+    "UnknownRequest": ("there is no such request", "check the request id"),
+    "AlreadyFulfilled": ("the request was already fulfilled", "nothing to do"),
+    "AlreadyRefunded": ("the request was refunded", "nothing to do"),
+    "RequestExpired": (
+        "the request's deadline passed",
+        "it can no longer be fulfilled; its requester may call refund",
+    ),
+    "NotExpired": ("the request's deadline has not passed", "wait until after its deadline"),
+    "ZeroProvider": ("the provider is the zero address", "name the provider whose proof it is"),
+    "InputsMismatch": (
+        "the public signals do not carry the request's inputs",
+        "prove with exactly the inputs the request named, after the outputs",
+    ),
+    "InsufficientGasForCallback": (
+        "too little gas left to give the callback its allowance",
+        "send fulfill with more gas (estimate_gas gives enough)",
+    ),
 }
+
+
+def refusal_reason(error_name: str) -> str:
+    """``bad_agreement_signature`` for ``BadAgreementSignature`` and so on; ``""``
+    for an empty name (a revert that decoded to nothing)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", error_name).lower()
+
+
+#: Why a claimWithProof, slash or fulfill was refused, as snake_case reasons
+#: (custom error name -> reason), for ledgers and gateways to record.
+CLAIM_REFUSALS: Mapping[str, str] = {
+    name: refusal_reason(name)
+    for name in (
+        "NotZkJob",
+        "BadAgreementSignature",
+        "InvalidProof",
+        "BindingMismatch",
+        "AlreadyClaimed",
+        "ClaimWindowClosed",
+        "InsufficientDeposit",
+        "VerifierOutOfGas",
+    )
+}
+SLASH_REFUSALS: Mapping[str, str] = {
+    name: refusal_reason(name)
+    for name in (
+        "AlreadySlashed",
+        "NothingToSlash",
+        "BadResultSignature",
+        "UnknownCircuit",
+        "NotSlashable",
+        "VerifierOutOfGas",
+    )
+}
+FULFILL_REFUSALS: Mapping[str, str] = {
+    name: refusal_reason(name)
+    for name in (
+        "UnknownRequest",
+        "AlreadyFulfilled",
+        "AlreadyRefunded",
+        "RequestExpired",
+        "ZeroProvider",
+        "PublicCountMismatch",
+        "InputsMismatch",
+        "BindingMismatch",
+        "InvalidProof",
+        "InsufficientGasForCallback",
+        "VerifierOutOfGas",
+    )
+}
+
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -138,7 +290,8 @@ def _load(name: str, build_dir: Path) -> Artifact:
 
 
 def load_artifact(name: str, build_dir: Path | None = None) -> Artifact:
-    """The ABI and bytecode of ``name`` (``TOKEN`` or ``ESCROW``); read once, then cached.
+    """The ABI and bytecode of ``name`` (``TOKEN``, ``ESCROW``, ``REQUESTS``,
+    ``STATS_CONSUMER``); read once, then cached.
 
     Raises ContractArtifactError with a hint when the file is missing or malformed.
     """

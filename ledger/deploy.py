@@ -1,12 +1,14 @@
 """Putting the money contracts on a chain, and the devnet faucet.
 
 Synchronous tools (``mask devnet up``, ``make demo``, tests): each waits for its
-transactions to be mined. :func:`deploy` sends MaskToken then
-SettlementEscrow from the deployer's next two nonces, so the addresses follow
-from the deployer and its nonce alone: a fresh devnet always has the same
-ones. :class:`DeploymentConfig` is the small dict a daemon's config carries to find
-them again (``{"rpc_url" | "embedded", "chain_id", "token", "escrow"}``),
-checked like any other input because a person writes it.
+transactions to be mined. :func:`deploy` sends MaskToken, SettlementEscrow
+and ComputeRequests (over the token, verifying with the escrow) from the
+deployer's next three nonces, so the addresses follow from the deployer and
+its nonce alone: a fresh devnet always has the same ones.
+:class:`DeploymentConfig` is the small dict a daemon's config carries to find
+them again (``{"rpc_url" | "embedded", "chain_id", "token", "escrow"}`` and,
+optionally, ``"requests"``: configs written before ComputeRequests existed
+still load), checked like any other input because a person writes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from eth_account import Account
 
 from ledger.chain import ChainClient, Receipt, RevertError, checked_address
-from ledger.contracts import ESCROW, TOKEN, load_artifact
+from ledger.contracts import ESCROW, REQUESTS, TOKEN, load_artifact
 from ledger.escrow import PERMIT_TTL_S, explain_revert, permit_signature
 from ledger.ports import ChainError
 from ledger.vouchers import MAX_UINT256
@@ -32,39 +34,46 @@ _GAS_MARGIN = 1.25
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """Where the contracts landed: addresses (EIP-55), chain, and the block of
-    the escrow's deployment (where log scans may start)."""
+    the escrow's deployment (where log scans may start). ``requests``:
+    ComputeRequests (None only for a Deployment made by hand)."""
 
     token: str
     escrow: str
     chain_id: int
     block: int
+    requests: str | None = None
 
     def config(self, rpc_url: str | None) -> DeploymentConfig:
         """The config entry for this deployment; ``rpc_url`` None: the embedded chain."""
-        return DeploymentConfig(self.chain_id, self.token, self.escrow, rpc_url)
+        return DeploymentConfig(self.chain_id, self.token, self.escrow, rpc_url, self.requests)
 
 
 @dataclass(frozen=True, slots=True)
 class DeploymentConfig:
-    """How a daemon finds the contracts: ``rpc_url`` None means the embedded chain."""
+    """How a daemon finds the contracts: ``rpc_url`` None means the embedded chain;
+    ``requests`` None: no ComputeRequests known (an older config)."""
 
     chain_id: int
     token: str
     escrow: str
     rpc_url: str | None = None
+    requests: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         where: dict[str, Any] = (
             {"rpc_url": self.rpc_url} if self.rpc_url is not None else {"embedded": True}
         )
-        return {**where, "chain_id": self.chain_id, "token": self.token, "escrow": self.escrow}
+        out = {**where, "chain_id": self.chain_id, "token": self.token, "escrow": self.escrow}
+        if self.requests is not None:
+            out["requests"] = self.requests
+        return out
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> DeploymentConfig:
         """Parse and check a config dict (JSON or TOML); ValueError saying which field."""
         if not isinstance(raw, Mapping):
             raise ValueError("the chain config is not a table")
-        unknown = set(raw) - {"rpc_url", "embedded", "chain_id", "token", "escrow"}
+        unknown = set(raw) - {"rpc_url", "embedded", "chain_id", "token", "escrow", "requests"}
         if unknown:
             raise ValueError(f"unknown chain config keys: {', '.join(sorted(map(str, unknown)))}")
         rpc_url = raw.get("rpc_url")
@@ -84,13 +93,21 @@ class DeploymentConfig:
         chain_id = raw.get("chain_id")
         if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**64:
             raise ValueError(f"chain config 'chain_id' is not a positive integer: {chain_id!r}")
-        addresses = {}
-        for key in ("token", "escrow"):
+        addresses: dict[str, str | None] = {"requests": None}
+        for key in ("token", "escrow", "requests"):
+            if key == "requests" and raw.get(key) is None:
+                continue
             try:
                 addresses[key] = checked_address(raw.get(key))  # type: ignore[arg-type]
             except ChainError as e:
                 raise ValueError(f"chain config {key!r}: {e}") from None
-        return cls(chain_id, addresses["token"], addresses["escrow"], rpc_url)
+        return cls(
+            chain_id,
+            str(addresses["token"]),
+            str(addresses["escrow"]),
+            rpc_url,
+            addresses["requests"],
+        )
 
 
 def _check_uint(value: int, limit: int, what: str, minimum: int = 0) -> int:
@@ -111,8 +128,10 @@ def deploy(
     unlock_delay_s: int,
     unstake_delay_s: int,
 ) -> Deployment:
-    """Deploy MaskToken (``supply`` minted to ``treasury``) and SettlementEscrow
-    over it from ``deployer_key``'s next two nonces."""
+    """Deploy MaskToken (``supply`` minted to ``treasury``), SettlementEscrow
+    over it and ComputeRequests(token, escrow) from ``deployer_key``'s next
+    three nonces (token and escrow at the same addresses as before
+    ComputeRequests existed)."""
     treasury = checked_address(treasury)
     _check_uint(supply, MAX_UINT256, "supply", minimum=1)
     _check_uint(unlock_delay_s, MAX_UINT64, "unlock delay")
@@ -127,7 +146,12 @@ def deploy(
         nonce=nonce + 1,
     )
     assert mined.contract_address is not None
-    return Deployment(token, mined.contract_address, chain.chain_id, mined.block_number)
+    requests = chain.deploy(
+        load_artifact(REQUESTS), [token, mined.contract_address], deployer_key, nonce=nonce + 2
+    )
+    return Deployment(
+        token, mined.contract_address, chain.chain_id, mined.block_number, requests=requests
+    )
 
 
 def _send(chain: ChainClient, contract: Any, fn: str, *args: Any, key: bytes) -> Receipt:

@@ -1,9 +1,9 @@
-"""A fresh in-process chain with MaskToken and SettlementEscrow deployed, for tests.
+"""A fresh in-process chain with MaskToken, SettlementEscrow and ComputeRequests deployed, for tests.
 
 Real EVM (eth-tester on py-evm, Prague), the committed artifacts from
 ``contracts/build``, deterministic accounts (private keys 1..n, all unlocked
-in eth-tester and funded with ETH). Account 0 deployed both contracts and is
-the token's treasury. Reverts raise ``eth_tester.exceptions.TransactionFailed``;
+in eth-tester and funded with ETH). Account 0 deployed the contracts (nonces
+0, 1, 2, as ``ledger.deploy`` does) and is the token's treasury. Reverts raise ``eth_tester.exceptions.TransactionFailed``;
 :func:`revert_name` says which custom error it was.
 
     chain = new_chain()
@@ -13,6 +13,11 @@ the token's treasury. Reverts raise ``eth_tester.exceptions.TransactionFailed``;
     voucher = chain.sign_voucher(chain.key(1), bob, 5 * 10**17)
     receipt = chain.settle([voucher])
     chain.events(receipt, "VoucherSettled")
+
+zk helpers: ``chain.register(vk)`` registers a ``zkp.formats.VerifyingKey``
+and returns its circuit id (bytes32); ``chain.sign_agreement(key, terms)``
+signs ``ledger.agreement`` typed data; ``agreement_args(terms)`` is the
+``Agreement`` tuple ``claimWithProof`` takes.
 """
 
 from __future__ import annotations
@@ -31,8 +36,18 @@ from web3.contract.contract import ContractFunction
 from web3.logs import DISCARD
 from web3.providers.eth_tester import EthereumTesterProvider
 
-from ledger.contracts import ESCROW, TOKEN, decode_revert, load_artifact, voucher_args
+from ledger.agreement import sign_agreement
+from ledger.contracts import (
+    ESCROW,
+    REQUESTS,
+    TOKEN,
+    decode_revert,
+    load_artifact,
+    voucher_args,
+)
 from ledger.vouchers import VOUCHER_TYPES, Domain, SignedVoucher
+from ledger.zkclaims import agreement_args, zk_job_args
+from protocol.market import AgreementTerms
 
 __all__ = [
     "DEFAULT_SUPPLY",
@@ -40,7 +55,9 @@ __all__ = [
     "UNSTAKE_DELAY",
     "Chain",
     "TransactionFailed",
+    "agreement_args",
     "new_chain",
+    "zk_job_args",
     "revert_data",
     "revert_name",
 ]
@@ -73,6 +90,7 @@ class Chain:
     token: Contract
     escrow: Contract
     accounts: int
+    requests: Contract
 
     # -- accounts
     def key(self, i: int) -> bytes:
@@ -132,6 +150,24 @@ class Chain:
         return _deploy(
             self.w3, ESCROW, self.treasury, self.token.address, unlock_delay, unstake_delay
         )
+
+    def deploy(self, name: str, *args: Any, sender: str | None = None) -> Contract:
+        """Deploys the committed artifact ``name`` (e.g. ``StatsConsumer``)."""
+        return _deploy(self.w3, name, sender or self.treasury, *args)
+
+    # -- zk
+    def register(self, vk: Any, sender: str | None = None) -> bytes:
+        """Registers a ``zkp.formats.VerifyingKey`` on the escrow; its circuit id."""
+        from zkp.formats import vk_calldata, vk_id
+
+        data = vk_calldata(vk)
+        args = (data["alpha1"], data["beta2"], data["gamma2"], data["delta2"], data["ic"])
+        self.send(self.escrow.functions.registerCircuit(args), sender or self.treasury)
+        return bytes.fromhex(vk_id(vk))
+
+    def sign_agreement(self, key: bytes, terms: AgreementTerms) -> bytes:
+        """``ledger.agreement.sign_agreement`` (the terms carry their own domain)."""
+        return sign_agreement(terms, key)
 
     # -- signatures
     def sign_voucher(
@@ -216,7 +252,8 @@ def new_chain(
     deployer = Account.from_key(_key(1)).address
     token = _deploy(w3, TOKEN, deployer, deployer, supply)
     escrow = _deploy(w3, ESCROW, deployer, token.address, unlock_delay, unstake_delay)
-    return Chain(w3, tester, token, escrow, accounts)
+    requests = _deploy(w3, REQUESTS, deployer, token.address, escrow.address)
+    return Chain(w3, tester, token, escrow, accounts, requests)
 
 
 def _deploy(w3: Web3, name: str, sender: str, *args: Any) -> Contract:

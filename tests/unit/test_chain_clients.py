@@ -328,10 +328,14 @@ def test_deployment_config_round_trips_and_refuses_nonsense(money) -> None:
         raw = deployed.config(url).to_dict()
         assert json.loads(json.dumps(raw)) == raw
         assert DeploymentConfig.from_dict(raw) == deployed.config(url)
-    assert set(deployed.config(None).to_dict()) == {"embedded", "chain_id", "token", "escrow"}
+    keys = {"embedded", "chain_id", "token", "escrow", "requests"}
+    assert set(deployed.config(None).to_dict()) == keys
+    older = {k: v for k, v in deployed.config(None).to_dict().items() if k != "requests"}
+    assert DeploymentConfig.from_dict(older).requests is None  # a config from before it
     good = deployed.config("http://127.0.0.1:8545").to_dict()
     for change, words in [
         ({"token": "0x12"}, "'token'"),
+        ({"requests": "0x12"}, "'requests'"),
         ({"chain_id": True}, "chain_id"),
         ({"chain_id": -1}, "chain_id"),
         ({"rpc_url": "file:///etc/passwd"}, "rpc_url"),

@@ -120,6 +120,21 @@ FUNCTIONS = {
     "domainSeparator()",
     "voucherDigest(address,address,uint256)",
     "eip712Domain()",  # ERC-5267, from OpenZeppelin's EIP712
+    # zk disputes and slashing (Groth16Verifier inherited; test_contracts_zk_claims.py)
+    "registerCircuit((uint256[2],uint256[4],uint256[4],uint256[4],uint256[2][]))",
+    "circuitInfo(bytes32)",
+    "verifyProof(bytes32,uint256[8],uint256[])",
+    "MAX_PUBLIC()",
+    "claimWithProof((bytes32,string,address,string,address,uint256,uint32,uint64,uint32,uint64,"
+    "uint64,uint64,string,uint32,bytes32),bytes,uint256[8],uint256[])",
+    "slash((bytes32,address,address,bytes32),bytes,uint256[8],uint256[])",
+    "claimed(bytes32,address)",
+    "slashed(bytes32,address)",
+    "agreementDigest((bytes32,string,address,string,address,uint256,uint32,uint64,uint32,uint64,"
+    "uint64,uint64,string,uint32,bytes32))",
+    "zkResultDigest((bytes32,address,address,bytes32),uint256[8],uint256[])",
+    "CLAIM_WINDOW()",
+    "BURN_ADDRESS()",
 }
 EVENTS = {
     "Deposited": ["requester", "amount"],
@@ -133,6 +148,9 @@ EVENTS = {
     "UnstakeRequested": ["provider", "amount", "at"],
     "Unstaked": ["provider", "amount"],
     "EIP712DomainChanged": [],  # ERC-5267, from OpenZeppelin's EIP712 (never emitted here)
+    "CircuitRegistered": ["circuitId", "nPublic"],
+    "ProofClaimed": ["jobId", "requester", "provider", "amount"],
+    "Slashed": ["provider", "jobId", "amount", "reporter"],
 }
 ERRORS = {
     "ZeroAmount()",
@@ -143,6 +161,22 @@ ERRORS = {
     "InsufficientStake(uint256,uint256)",
     "NoUnstakePending()",
     "UnstakeNotDue(uint64)",
+    "InvalidKeyIcLength(uint256)",
+    "InvalidKeyCoordinate()",
+    "InvalidKeyPoint()",
+    "KeyStoreFailed()",
+    "VerifierOutOfGas()",
+    "NotZkJob()",
+    "BadAgreementSignature()",
+    "InvalidProof()",
+    "BindingMismatch(uint256,uint256)",
+    "AlreadyClaimed(bytes32,address)",
+    "ClaimWindowClosed(uint256)",
+    "BadResultSignature()",
+    "UnknownCircuit(bytes32)",
+    "NotSlashable()",
+    "AlreadySlashed(bytes32,address)",
+    "NothingToSlash(address)",
     # Raised by OpenZeppelin libraries compiled in (never by a voucher):
     "SafeERC20FailedOperation(address)",
     "InvalidShortString()",
