@@ -29,14 +29,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 __all__ = [
     "FIELD_MODULUS",
     "G1",
     "G2",
+    "MAX_JSON_DEPTH",
     "MAX_PUBLIC",
     "SCALAR_FIELD",
     "Proof",
@@ -64,6 +68,8 @@ SCALAR_FIELD = 21888242871839275222246405745257275088548364400416034343698204186
 MAX_PUBLIC = 1024
 #: A decimal number below q or r has at most 77 digits; allow a little slack for leading zeros.
 _MAX_DIGITS = 80
+#: snarkjs files nest 4 deep; json.loads recurses per level (see load_json_file).
+MAX_JSON_DEPTH = 64
 
 G1 = tuple[int, int]
 G2 = tuple[tuple[int, int], tuple[int, int]]
@@ -402,20 +408,40 @@ def vk_id(vk: VerifyingKey) -> str:
 # ---------------------------------------------------------------- files
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*\\?(?:"|\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def _nesting(data: bytes) -> int:
+    """The deepest bracket nesting of ``data`` outside strings (unclosed ones count)."""
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    return max(accumulate(array("b", brackets.translate(_BRACKET_STEPS))))
+
+
 def load_json_file(path: str | os.PathLike[str], *, max_bytes: int = 1 << 20) -> object:
     """Read and decode a JSON file of at most ``max_bytes``.
 
     Raises OSError when it cannot be read, ZkFormatError when it is too big or
-    is not JSON (nesting too deep and numbers too long included).
+    is not JSON (nesting too deep and numbers too long included). The depth
+    is checked before decoding: json.loads recurses once per level, and
+    py-ecc raises the interpreter's recursion limit to 100,000 when imported,
+    so a file of half a million "[" would overflow the C stack (a crash, not
+    a RecursionError) in any process that has imported py-ecc.
     """
     with open(path, "rb") as f:
         data = f.read(max_bytes + 1)
+    where = os.fspath(path)
     if len(data) > max_bytes:
-        raise ZkFormatError(f"{os.fspath(path)}: larger than {max_bytes} bytes")
+        raise ZkFormatError(f"{where}: larger than {max_bytes} bytes")
+    if _nesting(data) > MAX_JSON_DEPTH:
+        raise ZkFormatError(f"not JSON: {where}: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(data)
     except RecursionError:
-        raise ZkFormatError(f"not JSON: {os.fspath(path)}: nested too deeply") from None
+        raise ZkFormatError(f"not JSON: {where}: nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digit limit
         first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise ZkFormatError(f"not JSON: {os.fspath(path)}: {first}") from None
+        raise ZkFormatError(f"not JSON: {where}: {first}") from None

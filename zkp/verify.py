@@ -101,8 +101,10 @@ def _g2_reason(p: object, where: str) -> str | None:
 def _vk_reason(vk: object) -> str | None:
     if not isinstance(vk, VerifyingKey):
         return f"vk: expected a VerifyingKey, got a {type(vk).__name__}"
-    if not isinstance(vk.ic, tuple | list) or not 1 <= len(vk.ic) <= MAX_PUBLIC + 1:
-        return f"vk.IC: a key has 1 to {MAX_PUBLIC + 1} points"
+    if not isinstance(vk.ic, tuple | list):
+        return f"vk.IC: expected a tuple of G1 points, got a {type(vk.ic).__name__}"
+    if not 1 <= len(vk.ic) <= MAX_PUBLIC + 1:
+        return f"vk.IC: {len(vk.ic)} points; a key has 1 to {MAX_PUBLIC + 1}"
     reason = _g1_reason(vk.alpha1, "vk.vk_alpha_1")
     for name, p in (("vk_beta_2", vk.beta2), ("vk_gamma_2", vk.gamma2), ("vk_delta_2", vk.delta2)):
         reason = reason or _g2_reason(p, f"vk.{name}")
