@@ -190,12 +190,14 @@ from maskd.cli_devnet import devnet as _devnet  # noqa: E402
 from maskd.cli_jobs import register as _register_jobs  # noqa: E402
 from maskd.cli_storage import register as _register_storage  # noqa: E402
 from maskd.cli_wallet import register as _register_wallet  # noqa: E402
+from maskd.cli_zk import register as _register_zk  # noqa: E402
 
 main.add_command(_devnet)
 main.add_command(_demo)
 _register_storage(main)
 _register_jobs(main)
 _register_wallet(main)
+_register_zk(main)
 
 
 if __name__ == "__main__":  # pragma: no cover
