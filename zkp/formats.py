@@ -39,7 +39,9 @@ from typing import Any
 __all__ = [
     "FIELD_MODULUS",
     "G1",
+    "G1_INFINITY",
     "G2",
+    "G2_INFINITY",
     "MAX_JSON_DEPTH",
     "MAX_PUBLIC",
     "SCALAR_FIELD",
@@ -329,11 +331,13 @@ def vk_to_json(vk: VerifyingKey) -> dict[str, Any]:
     """The key as snarkjs writes it, ``vk_alphabeta_12`` (= e(alpha, beta)) included.
 
     ``json.dumps(vk_to_json(parse_vk(x)), indent=1)`` is byte-identical to the
-    file snarkjs wrote. The pairing costs ~1 ms natively, ~0.4 s with py-ecc.
+    file snarkjs wrote. The pairing takes the native backend (~1 ms); without
+    it, or for a key whose alpha or beta is not a valid point, the field is
+    left out (snarkjs's verifier does not read it).
     """
     from zkp.backends import alphabeta_12
 
-    return {
+    out: dict[str, Any] = {
         "protocol": "groth16",
         "curve": "bn128",
         "nPublic": vk.n_public,
@@ -341,11 +345,12 @@ def vk_to_json(vk: VerifyingKey) -> dict[str, Any]:
         "vk_beta_2": _g2_json(vk.beta2),
         "vk_gamma_2": _g2_json(vk.gamma2),
         "vk_delta_2": _g2_json(vk.delta2),
-        "vk_alphabeta_12": [
-            [[str(c) for c in fq2] for fq2 in fq6] for fq6 in alphabeta_12(vk.alpha1, vk.beta2)
-        ],
-        "IC": [_g1_json(p) for p in vk.ic],
     }
+    alphabeta = alphabeta_12(vk.alpha1, vk.beta2)
+    if alphabeta is not None:
+        out["vk_alphabeta_12"] = [[[str(c) for c in fq2] for fq2 in fq6] for fq6 in alphabeta]
+    out["IC"] = [_g1_json(p) for p in vk.ic]
+    return out
 
 
 def proof_to_json(proof: Proof) -> dict[str, Any]:

@@ -76,6 +76,26 @@ def test_vk_round_trips_byte_for_byte_with_alphabeta() -> None:
     assert json.dumps(vk_to_json(vk), indent=1) == text
 
 
+def test_vk_to_json_leaves_alphabeta_out_when_it_cannot_compute_it(
+    vk_obj: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zkp.backends
+
+    vk = parse_vk(vk_obj)
+    bad = VerifyingKey((1, 3), vk.beta2, vk.gamma2, vk.delta2, vk.ic)  # alpha off the curve
+    assert "vk_alphabeta_12" not in vk_to_json(bad)
+    assert "vk_alphabeta_12" not in vk_to_json(VerifyingKey((0, 0), *vk_fields(vk)[1:]))
+    monkeypatch.setattr(zkp.backends, "_try_import", lambda name: None)  # no zksnake
+    as_json = vk_to_json(vk)
+    assert "vk_alphabeta_12" not in as_json
+    del vk_obj["vk_alphabeta_12"]
+    assert as_json == vk_obj
+
+
+def vk_fields(vk: VerifyingKey) -> tuple:
+    return (vk.alpha1, vk.beta2, vk.gamma2, vk.delta2, vk.ic)
+
+
 def test_parse_maps_snarkjs_order_to_c0_c1(vk_obj: dict, proof_obj: dict) -> None:
     vk = parse_vk(vk_obj)
     assert vk.gamma2 == (

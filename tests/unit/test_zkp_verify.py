@@ -416,3 +416,18 @@ def test_trapdoor_setup_refuses_wrong_inputs() -> None:
         setup.prove([1, 2])
     with pytest.raises(ValueError, match="below the scalar field order"):
         setup.prove([R])
+
+
+def test_verify_from_worker_threads_shares_the_cached_key() -> None:
+    # The daemon verifies in trio's worker threads: zksnake objects cached for a
+    # key in one thread must work in the others (pyo3 'unsendable' would panic).
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert verify(VK, PROOF, PUBLIC, backend="native").valid  # cached here
+    with ThreadPoolExecutor(4) as pool:
+        verdicts = list(
+            pool.map(
+                lambda i: verify(VK, PROOF, PUBLIC if i % 2 else (36,), backend="native"), range(16)
+            )
+        )
+    assert [v.valid for v in verdicts] == [bool(i % 2) for i in range(16)]

@@ -23,7 +23,15 @@ import functools
 import importlib
 from types import ModuleType
 
-from zkp.formats import G1, G2
+from zkp.formats import (
+    FIELD_MODULUS,
+    G1,
+    G1_INFINITY,
+    G2,
+    G2_INFINITY,
+    g1_on_curve,
+    g2_on_curve,
+)
 
 __all__ = ["NAMES", "alphabeta_12", "installed", "load"]
 
@@ -63,8 +71,26 @@ def alphabeta_12(alpha1: G1, beta2: G2) -> Fq12Tower | None:
     """e(alpha1, beta2) as snarkjs writes ``vk_alphabeta_12`` (the Fq2/Fq6/Fq12 tower).
 
     Only the native backend computes the same pairing as snarkjs (arkworks
-    and ffjavascript agree value for value; py-ecc's differs by a fixed
-    exponent). Without it this returns None.
+    and ffjavascript agree value for value; py-ecc's Fq12 is another basis
+    and its pairing differs by a fixed exponent). None without it, or when
+    the points are not valid (at infinity, off the curve, beta outside G2).
     """
     module = _try_import("native")
-    return None if module is None else module.alphabeta_12(alpha1, beta2)
+    if module is None or not _valid(alpha1, beta2):
+        return None
+    return module.alphabeta_12(
+        (alpha1[0], alpha1[1]), ((beta2[0][0], beta2[0][1]), (beta2[1][0], beta2[1][1]))
+    )
+
+
+def _valid(alpha1: object, beta2: object) -> bool:
+    """Both points finite, of ints below q, on their curves (zksnake panics otherwise)."""
+    try:
+        coords = [*alpha1, *beta2[0], *beta2[1]]  # type: ignore[index, misc]
+        if len(coords) != 6 or not all(type(c) is int and 0 <= c < FIELD_MODULUS for c in coords):
+            return False
+        a = (coords[0], coords[1])
+        b = ((coords[2], coords[3]), (coords[4], coords[5]))
+    except (TypeError, IndexError, KeyError):
+        return False
+    return a != G1_INFINITY and b != G2_INFINITY and g1_on_curve(a) and g2_on_curve(b)
