@@ -27,6 +27,7 @@ from protocol.errors import ConfigError
 Role = Literal["provider", "requester", "both"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 _DIGITS = re.compile(r"^[0-9]{1,78}$")
+_PROVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +101,10 @@ class JobsConfig(_Section):
     bid_burst: int = 200
 
 
+class WorkerConfig(_Section):
+    zk_prover: str = "auto"
+
+
 ChainBackend = Literal["embedded", "rpc", "off"]
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 #: EIP-7825: the most gas one transaction may use
@@ -136,6 +141,7 @@ class Config(_Section):
     rpc: RpcConfig = RpcConfig()
     storage: StorageConfig = StorageConfig()
     jobs: JobsConfig = JobsConfig()
+    worker: WorkerConfig = WorkerConfig()
     chain: ChainConfig = ChainConfig()
     ledger: LedgerConfig = LedgerConfig()
 
@@ -440,6 +446,12 @@ def _check_meaning(cfg: Config) -> None:
                 f"unknown executor {name!r}",
                 f"one of {sorted(KNOWN_EXECUTORS)}",
             )
+    if not _PROVER_NAME.match(cfg.worker.zk_prover):
+        raise bad(
+            "worker.zk_prover",
+            f"{cfg.worker.zk_prover[:40]!r} is not a prover name",
+            '"auto" (the fastest prover that works here) or one prover\'s name, e.g. "snarkjs"',
+        )
     for field in msgspec.structs.fields(PricesConfig):
         value = getattr(cfg.offers.prices, field.name)
         if not _DIGITS.match(value):

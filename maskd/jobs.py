@@ -5,7 +5,8 @@ only builds the collaborators the shells ask for and connects them:
 
 - ``maskd.market_link``: bids on gossip, ``/mask/market/1`` streams;
 - ``maskd.payloads``: ``/mask/job/1``, private payloads to the other party only;
-- ``maskd.wasm_worker``: the provider's sandboxed runs;
+- ``maskd.wasm_worker``: the provider's sandboxed runs (``maskd.zk_worker``
+  proves zk-groth16 jobs, offered once a prover passed its start check);
 - ``maskd.jobs_rpc``: the ``v1.jobs.*`` RPC methods;
 - ``scheduler.async_store.ThreadedStore``: the one way into the job store.
 
@@ -33,6 +34,7 @@ from maskd.market_link import MarketRouter, MarketTransport, MeshGossip
 from maskd.payloads import PayloadClient, PayloadServer, StorageOutputs, store_authorizer
 from maskd.retention import RetentionPolicy
 from maskd.wasm_worker import WasmWorker
+from maskd.zk_worker import ZkExecutor, check_prover, claim_signer
 from protocol.market import BidValidator
 from protocol.messages import JOB_PROTOCOL, MARKET_PROTOCOL
 from protocol.supervisor import Supervisor
@@ -42,6 +44,7 @@ from scheduler.policy import UnitPrices
 from scheduler.provider import ProviderConfig, ProviderCore
 from scheduler.requester import RequesterConfig, RequesterCore
 from scheduler.store import CreateJob, JobRow, JobStore, RecordTransition
+from worker.zk import ZK_EXECUTOR
 
 
 class NotifyingStore(ThreadedStore):
@@ -70,6 +73,7 @@ class Jobs:
     def __init__(self, node: Any):
         ident = node.identity
         cfg = node.config
+        self._node_config, self._node_money, self._node_identity = cfg, node.money, ident
         mesh = node.mesh
         clock: Callable[[], float] = node.clock
         self.clock = clock
@@ -124,6 +128,10 @@ class Jobs:
             supervisor=self.supervisor,
         )
         self.provider: ProviderService | None = None
+        # zk-groth16 is offered once the start check finds a prover (check_zk)
+        self.zk: ZkExecutor | None = None
+        self._zk_choice = cfg.worker.zk_prover
+        self._offer_changed: Callable[[], None] = node.offer_changed
         if node.sells:
             cap = node.initial_capacity()
             prices = cfg.offers.prices
@@ -133,7 +141,7 @@ class Jobs:
                 cpu=cap.cpu,
                 memory_mb=cap.memory_mb,
                 gpu=len(cap.gpus),
-                executors=frozenset(cfg.offers.executors),
+                executors=frozenset(cfg.offers.executors) - {ZK_EXECUTOR},
                 prices=UnitPrices(
                     cpu_core_hour=int(prices.cpu_core_hour),
                     memory_gb_hour=int(prices.memory_gb_hour),
@@ -156,6 +164,7 @@ class Jobs:
                     self.cache,
                     max_concurrent_runs=provider_config.max_concurrent_jobs,
                     max_bundle_bytes=cfg.jobs.max_bundle_mb << 20,
+                    zk=self._zk_executor if ZK_EXECUTOR in cfg.offers.executors else None,
                 ),
                 clock=clock,
                 supervisor=self.supervisor,
@@ -177,6 +186,37 @@ class Jobs:
         mesh.set_stream_handler(MARKET_PROTOCOL, self.router.handle)
         mesh.set_stream_handler(JOB_PROTOCOL, self.handle_job_stream)
 
+    def _zk_executor(self, limiter: trio.CapacityLimiter) -> ZkExecutor:
+        """The zk runs, sharing the wasm runs' limiter; proofs' claims signed by
+        this node's account in the escrow's domain."""
+        money, ident = self._node_money, self._node_identity
+        self.zk = ZkExecutor(claim_signer(money.domain, ident.account_key), limiter)
+        return self.zk
+
+    async def check_zk(self) -> None:
+        """Once at start: find a working prover; only then offer zk-groth16."""
+        if self.zk is None or self.provider is None:
+            return
+        prover, status = await check_prover(self._zk_choice)
+        self.zk.set_prover(prover, status)
+        if prover is not None:
+            core = self.provider.core
+            executors = core.config.executors | {ZK_EXECUTOR}
+            core.config = dataclasses.replace(core.config, executors=executors)
+            self._offer_changed()
+
+    def executors(self) -> tuple[str, ...]:
+        """What this node runs now, in the configured order (zk-groth16 only
+        once a prover works)."""
+        if self.provider is None:
+            return ()
+        running = self.provider.core.config.executors
+        return tuple(e for e in self._node_config.offers.executors if e in running)
+
+    def zk_status(self) -> str | None:
+        """For ``mask status``: the prover in use, or why zk-groth16 is not offered."""
+        return self.zk.status.summary() if self.zk is not None else None
+
     def _peer_stats(self, peer_id: str) -> tuple[float, float]:
         """(reputation, latency ms) for selection: misbehaviour lowers reputation."""
         reputation = -self.mesh.scores.score(peer_id, self.clock())
@@ -190,6 +230,7 @@ class Jobs:
             await nursery.start(self.requester.run)
             if self.provider is not None:
                 await nursery.start(self.provider.run)
+                nursery.start_soon(self.check_zk)
             await self.requester.load_channels(await self.store.owed())
             await self.requester.resume(await self.store.open_jobs(role="requester"))
             if self.provider is not None:

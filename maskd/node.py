@@ -333,7 +333,7 @@ class Node:
             memory_mb=cap.memory_mb,
             disk_mb=cap.disk_mb,
             gpus=tuple(Gpu(name=g.name, memory_mb=g.memory_mb, uuid=g.uuid) for g in cap.gpus),
-            executors=tuple(o.executors),
+            executors=self.jobs.executors(),
             prices=Prices(**msgspec.structs.asdict(o.prices)),
             storage_mb=o.storage_mb,
             addrs=tuple(self.full_addrs()),
@@ -341,6 +341,11 @@ class Node:
             expires_at=now + o.ttl_s,
             stake=str(self.money.stake),
         )
+
+    def offer_changed(self) -> None:
+        """What this node offers changed (a prover passed its start check):
+        publish the offer again now rather than at the next interval."""
+        self._republish_now.set()
 
     async def _offer_loop(self) -> None:
         o = self.config.offers
@@ -366,16 +371,18 @@ class Node:
                 if self._capacity_changed(self._capacity, cap):
                     self._capacity = cap
                     republish = True
-            if republish:
+            if republish or self._republish_now.is_set():
+                self._republish_now = trio.Event()
                 await self._publish_offer()
                 last_publish = self.clock()
                 interval = o.republish_interval_s * (0.9 + 0.2 * self.rng.random())
             with trio.move_on_after(min(interval, o.capacity_check_interval_s) / 2):
                 await self._republish_now.wait()
-                self._republish_now = trio.Event()
 
     async def _publish_offer(self) -> None:
         offer = self.build_offer(self._capacity)
+        if not offer.executors:
+            return  # only zk-groth16 configured and no prover works (yet): nothing to sell
         self._my_offer = offer
         data = encode(sign_gossip(encode(offer), self.identity.peer_key))
         # our own offer is in our book whether or not the library loops it back
@@ -427,6 +434,7 @@ class Node:
             "data_dir": str(self.config.data_path),
             "socket": str(self.config.socket_path),
             "chain": self.money.info(),
+            **({"zk_prover": zk} if (zk := self.jobs.zk_status()) is not None else {}),
         }
 
     def _peer_json(self, peer_id: str) -> dict[str, Any]:

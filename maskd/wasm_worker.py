@@ -1,5 +1,8 @@
 """The provider's worker: a job's bundle in, a sandboxed wasm run, its result out.
 
+A bundle whose job.json names ``zk-groth16`` goes to the ``ZkExecutor``
+(maskd.zk_worker) instead: fetched, cached and stored the same way.
+
 ``WasmWorker`` is the ``Worker`` the provider service drives
 (scheduler.market): ``fetch_payload`` -> ``execute`` -> ``store_output``. It
 trusts nothing in the bundle: the bundle is fetched over ``/mask/job/1``,
@@ -14,8 +17,9 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +33,10 @@ from storage.carfile import export_car
 from storage.exporter import ExportLimits
 from worker.bundle import load_bundle
 from worker.results import remove_tree
+from worker.zk import ZK_EXECUTOR, read_executor
+
+if TYPE_CHECKING:
+    from maskd.zk_worker import ZkExecutor
 
 log = logging.getLogger("maskd.worker")
 
@@ -69,6 +77,7 @@ class WasmWorker:
         *,
         max_concurrent_runs: int = 8,
         max_bundle_bytes: int = 1 << 30,
+        zk: Callable[[trio.CapacityLimiter], ZkExecutor] | None = None,
     ):
         self.payloads = payloads
         self.cache = cache
@@ -85,6 +94,8 @@ class WasmWorker:
         # runs hold their own thread tokens (also while an abandoned run winds
         # down), never trio's default limiter that the rest of the daemon uses
         self.limiter = execution_limiter(max_concurrent_runs)
+        # zk-groth16 jobs: the same bundles and results, proved under the same limiter
+        self.zk = zk(self.limiter) if zk is not None else None
 
     def _dir(self, job_id: str) -> Path:
         return self.work_dir / job_id
@@ -178,6 +189,18 @@ class WasmWorker:
 
         terms = agreement.terms
         base = self._dir(job_id)
+        try:
+            executor = await trio.to_thread.run_sync(
+                lambda: read_executor(bundle, max_spec_bytes=MAX_SPEC_BYTES)
+            )
+        except JobError as exc:
+            return pv.failed_outcome(exc.code, exc.message)
+        if executor == ZK_EXECUTOR:
+            if self.zk is None:
+                return pv.failed_outcome(
+                    "executor_unsupported", f"this provider does not run {ZK_EXECUTOR} jobs"
+                )
+            return await self.zk.run(job_id, agreement, bundle, base)
         try:
             # a requester's files: opened without following links, sizes and
             # shapes checked before they are read (worker.bundle)
