@@ -11,10 +11,12 @@ wall-clock limit; a prover that overruns it is abandoned and the job fails
 failure with the reason in ``stderr.log``, never an exception in the
 provider.
 
-Which prover runs is decided once at start (:func:`check_prover`):
-``available_provers(check=True)`` proves a small statement with each
-installed prover, in a thread, and the first that works is used. A node
-advertises ``zk-groth16`` only once that check has passed.
+Which prover runs is decided once at start (:func:`check_prover`, in a
+thread): ``[worker] zk_prover`` names one, or "auto" tries ``zkp.prover``'s
+provers in their order of preference (fastest first) until one proves and
+verifies the check statement; the slower ones are then not run at all, which
+keeps a node's start cheap. A node advertises ``zk-groth16`` only once that
+check has passed, and ``mask status`` shows the prover or why none works.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ SignClaim = Callable[[Any, zk.ZkProof], bytes]
 
 
 class ProverState(enum.StrEnum):
-    OFF = "off"  # zk-groth16 is not in offers.executors
     CHECKING = "checking"
     READY = "ready"
     UNAVAILABLE = "unavailable"
