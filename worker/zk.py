@@ -203,13 +203,18 @@ def _check_circuit_tree(dir_fd: int, circuit_dir: Path, limits: ZkLimits) -> int
         raise bad_circuit(
             f"the bundle's circuit/ is over this provider's cap of {limits.max_circuit_bytes} bytes"
         )
-    circuit_fd = os.open("circuit", _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        circuit_fd = os.open("circuit", _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        raise bad_circuit(f"the bundle's circuit/ cannot be opened: {why(e)}") from None
     try:
         for name in CIRCUIT_FILES:
             try:
                 st = os.stat(name, dir_fd=circuit_fd, follow_symlinks=False)
             except FileNotFoundError:
                 raise bad_circuit(f"the bundle's circuit/ has no {name}") from None
+            except OSError as e:
+                raise bad_circuit(f"the bundle's circuit/{name} cannot be read: {why(e)}") from None
             if not stat.S_ISREG(st.st_mode):
                 raise bad_circuit(f"the bundle's circuit/{name} is not a regular file")
     finally:
@@ -219,17 +224,18 @@ def _check_circuit_tree(dir_fd: int, circuit_dir: Path, limits: ZkLimits) -> int
 
 def _read_input(dir_fd: int, limits: ZkLimits) -> bytes:
     try:
-        st = os.stat("in", dir_fd=dir_fd, follow_symlinks=False)
+        in_fd = os.open("in", _DIR_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         raise _bad_bundle("the bundle has no in/input.json") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise _bad_bundle("the bundle's in/ is not a directory")
-    in_fd = os.open("in", _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        raise _bad_bundle(f"the bundle's in/ is not a directory ({why(e)})") from None
     try:
         try:
             os.stat("input.json", dir_fd=in_fd, follow_symlinks=False)
         except FileNotFoundError:
             raise _bad_bundle("the bundle has no in/input.json") from None
+        except OSError as e:
+            raise _bad_bundle(f"the bundle's in/input.json cannot be read: {why(e)}") from None
         try:
             return _read(in_fd, "input.json", limits.max_input_bytes)
         except JobError as e:

@@ -549,3 +549,13 @@ def test_the_zk_prover_setting_is_a_prover_name() -> None:
         with pytest.raises(ConfigError) as info:
             load_config(env={}, overrides={"worker": {"zk_prover": bad}})
         assert "worker.zk_prover" in str(info.value) and info.value.hint
+
+
+def test_in_must_be_a_directory_not_a_link_to_one(bundle: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(bundle / "in", elsewhere)
+    _swap_for_symlink(bundle / "in", elsewhere)
+    refused(ZkCode.BAD_BUNDLE, load, bundle, words=("in/", "not a directory"))
+    (bundle / "in").unlink()
+    (bundle / "in").write_text("a file")
+    refused(ZkCode.BAD_BUNDLE, load, bundle, words=("in/",))
