@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from eth_account import Account
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.exceptions import TransactionFailed
@@ -41,6 +42,7 @@ from ledger.contracts import (
     ESCROW,
     REQUESTS,
     TOKEN,
+    Revert,
     decode_revert,
     load_artifact,
     voucher_args,
@@ -51,6 +53,9 @@ from protocol.market import AgreementTerms
 
 __all__ = [
     "DEFAULT_SUPPLY",
+    "GAS_BURNER",
+    "RETURN_BOMB",
+    "REVERTER",
     "UNLOCK_DELAY",
     "UNSTAKE_DELAY",
     "Chain",
@@ -65,6 +70,13 @@ __all__ = [
 DEFAULT_SUPPLY = 10**9 * 10**18  # a billion MASK
 UNLOCK_DELAY = 3600
 UNSTAKE_DELAY = 7 * 24 * 3600
+
+#: Runtime code that reverts whatever it is called with (PUSH1 0, PUSH1 0, REVERT).
+REVERTER = bytes.fromhex("60006000fd")
+#: Runtime code that loops until its gas is gone (JUMPDEST, PUSH1 0, JUMP).
+GAS_BURNER = bytes.fromhex("5b600056")
+#: Runtime code that returns 64 KiB of zeros (a return-data bomb): PUSH3 0x010000, PUSH1 0, RETURN.
+RETURN_BOMB = bytes.fromhex("62010000" + "6000f3")
 
 PERMIT_TYPES = {
     "Permit": [
@@ -154,6 +166,44 @@ class Chain:
     def deploy(self, name: str, *args: Any, sender: str | None = None) -> Contract:
         """Deploys the committed artifact ``name`` (e.g. ``StatsConsumer``)."""
         return _deploy(self.w3, name, sender or self.treasury, *args)
+
+    def deploy_code(self, runtime: bytes) -> str:
+        """A contract whose code is exactly ``runtime`` (hostile callbacks:
+        ``REVERTER``, ``GAS_BURNER``); its address."""
+        if not 0 < len(runtime) < 256:
+            raise ValueError("runtime code of 1 to 255 bytes")
+        n = len(runtime)
+        # PUSH1 n, PUSH1 12, PUSH1 0, CODECOPY, PUSH1 n, PUSH1 0, RETURN: 12 bytes, then the code
+        init = bytes([0x60, n, 0x60, 12, 0x60, 0, 0x39, 0x60, n, 0x60, 0, 0xF3]) + runtime
+        tx = self.w3.eth.send_transaction({"from": self.treasury, "data": init})
+        return self.w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
+
+    def expect_revert(
+        self,
+        call: ContractFunction,
+        sender: str,
+        *,
+        gas: int,
+        contracts: Sequence[Contract] = (),
+        send: bool = True,
+    ) -> Revert:
+        """The custom error ``call`` reverts with (decoded with ``contracts``'
+        ABIs, the escrow's and the token's). The transaction is then sent with
+        ``gas`` and must be mined as failed: with its gas set, eth-tester mines
+        a reverting transaction (status 0) as a real node does, instead of
+        raising as it does when it estimates. ``send=False``: the call only."""
+        with pytest.raises(TransactionFailed) as err:
+            call.call({"from": sender, "gas": gas})
+        data = revert_data(err.value)
+        for contract in (*contracts, self.escrow, self.requests, self.token):
+            decoded = decode_revert(contract.abi, data)
+            if decoded is not None:
+                break
+        else:
+            raise AssertionError(f"not a custom error: {err.value}")
+        if send:
+            assert self.send(call, sender, gas=gas)["status"] == 0
+        return decoded
 
     # -- zk
     def register(self, vk: Any, sender: str | None = None) -> bytes:

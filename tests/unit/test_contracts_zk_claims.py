@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+import trio
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
-from ledger.agreement import AGREEMENT_TYPES, agreement_message
+from ledger.agreement import AGREEMENT_TYPES, agreement_message, sign_agreement
+from ledger.chain import EmbeddedChain, RevertError
 from ledger.contracts import (
     CLAIM_REFUSALS,
     SLASH_REFUSALS,
@@ -27,6 +29,11 @@ from ledger.contracts import (
     decode_revert,
     refusal_reason,
 )
+from ledger.deploy import deploy, deposit, fund
+from ledger.escrow import ChainEscrow
+from ledger.ports import ChainError
+from ledger.vouchers import Domain
+from ledger.zkchain import ZkChain
 from ledger.zkclaims import (
     ZK_RESULT_TYPES,
     ZkClaimError,
@@ -45,7 +52,7 @@ from ledger.zkclaims import (
 from protocol.market import AgreementTerms
 from tests.chainhelp import Chain, TransactionFailed, new_chain, revert_data
 from zkp.binding import job_binding
-from zkp.formats import proof_calldata, vk_id
+from zkp.formats import proof_calldata, vk_calldata, vk_id
 from zkp.testing import TrapdoorSetup
 
 GAS = 1_500_000
@@ -473,3 +480,73 @@ def test_slash_refuses_bad_evidence(chain, case):
     before = money(chain, t)
     assert slash_refused(chain, args, chain.addr(4)) == expected
     assert money(chain, t) == before
+
+
+# ------------------------------------------------------------ the Python shell
+
+
+def test_zkchain_claims_and_slashes_with_decoded_refusals():
+    chain = EmbeddedChain()
+    keys = chain.dev_keys()
+    d = deploy(chain, keys[0], Account.from_key(keys[0]).address, 10**6 * 10**18, 60, 60)
+    requester_key, provider_key, reporter_key = keys[1], keys[2], keys[3]
+    requester = Account.from_key(requester_key).address
+    provider = Account.from_key(provider_key).address
+    for key in (requester_key, provider_key):
+        fund(chain, keys[0], Account.from_key(key).address, 0, 1000 * 10**18, token=d.token)
+    deposit(chain, requester_key, d.escrow, d.token, 100 * 10**18)
+    t = AgreementTerms(
+        job_id=JOB, requester_peer="12D3KooWRequester", requester_account=requester,
+        provider_peer="12D3KooWProvider", provider_account=provider, price_total=str(PRICE),
+        cpu=1, memory_mb=64, gpu=0, max_seconds=60, max_fuel=0,
+        deadline=chain.block_timestamp() + 3600, spec_cid="bafkreispec",
+        heartbeat_interval_ms=1000, chain_id=chain.chain_id, verifying_contract=d.escrow,
+        circuit_id=CIRCUIT,
+    )  # fmt: skip
+    proof, public = proven(t)
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(1)
+        as_provider = ZkChain(chain, d.token, d.escrow, d.requests, provider_key, limiter,
+                              poll_interval_s=0.01)  # fmt: skip
+        reporter = ZkChain(chain, d.token, d.escrow, d.requests, reporter_key, limiter,
+                           poll_interval_s=0.01)  # fmt: skip
+        assert await as_provider.register_circuit(vk_calldata(SETUP.vk)) == CIRCUIT
+        forged = sign_agreement(t, reporter_key)
+        with pytest.raises(RevertError) as refused:
+            await as_provider.claim_with_proof(t, forged, proof, public)
+        assert refused.value.error_name == "BadAgreementSignature"
+        assert refusal_reason(refused.value.error_name) in CLAIM_REFUSALS.values()
+        assert "not signed by its requester" in str(refused.value) and refused.value.hint
+        with pytest.raises(ChainError, match="8 uint256"):  # malformed: never sent
+            await as_provider.claim_with_proof(t, forged, proof[:7], public)
+
+        paid = await as_provider.claim_with_proof(
+            t, sign_agreement(t, requester_key), proof, public
+        )
+        assert (paid.job_id, paid.provider, paid.amount) == (JOB, provider, PRICE)
+        assert await as_provider.claimed(JOB, provider)
+        assert [c.amount for c in await reporter.proofs_claimed(0, chain.block_number())] == [PRICE]
+
+        # the provider stakes, then signs a result bound to another job: slashable
+        escrow = ChainEscrow(chain, d.token, d.escrow, provider_key, limiter,
+                             sender=as_provider.sender)  # fmt: skip
+        await escrow.stake(10 * 10**18)
+        other = job_binding("22" * 32, requester, provider)
+        bad_public = [OUTPUT, other]
+        bad_proof = proof_calldata(SETUP.prove(bad_public))
+        domain = Domain(chain.chain_id, d.escrow)
+        sig = sign_zk_result(domain, provider_key, JOB, requester, provider, CIRCUIT,
+                             bad_proof, bad_public)  # fmt: skip
+        slashed = await reporter.slash(
+            JOB, requester, provider, CIRCUIT, sig, bad_proof, bad_public
+        )
+        assert (slashed.provider, slashed.amount, slashed.reporter) == (
+            provider, 10 * 10**18, reporter.address,
+        )  # fmt: skip
+        assert await reporter.slashed(JOB, provider)
+        with pytest.raises(RevertError) as again:
+            await reporter.slash(JOB, requester, provider, CIRCUIT, sig, bad_proof, bad_public)
+        assert again.value.error_name == "AlreadySlashed"
+
+    trio.run(main)

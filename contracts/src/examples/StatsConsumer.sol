@@ -11,9 +11,10 @@ import {ComputeRequests, IComputeCallback} from "../ComputeRequests.sol";
 /// see asks the mesh, through ComputeRequests, for the shipped `private_stats`
 /// circuit's statistics over it: how many values lie above a threshold, their
 /// sum and the floor of their mean. The proof says those numbers are right for
-/// the committed data; the DApp learns them and nothing else. Public signals:
-/// sum, count_above, mean_floor (outputs), commitment, threshold (inputs), the
-/// job binding. docs/ledger.md, "ComputeRequests".
+/// the committed data; the DApp learns them and nothing else. Public signals
+/// (circuits/src/private_stats.json): sum, count_above, mean_floor (outputs),
+/// threshold, commitment (inputs), the job binding. docs/ledger.md,
+/// "ComputeRequests".
 contract StatsConsumer is IComputeCallback {
     using SafeERC20 for IERC20;
 
@@ -65,8 +66,8 @@ contract StatsConsumer is IComputeCallback {
         token.safeTransferFrom(msg.sender, address(this), payment);
         token.forceApprove(address(requests), payment);
         uint256[] memory inputs = new uint256[](2);
-        inputs[0] = commitment;
-        inputs[1] = threshold;
+        inputs[0] = threshold;
+        inputs[1] = commitment;
         requestId = requests.request(circuitId, inputs, N_OUTPUTS, datasetCid, payment, deadline, address(this));
         asked[requestId] = true;
         emit Asked(requestId, threshold, payment);
@@ -77,11 +78,12 @@ contract StatsConsumer is IComputeCallback {
         if (msg.sender != address(requests)) revert NotComputeRequests(msg.sender);
         if (!asked[requestId]) revert NotOurRequest(requestId);
         // ComputeRequests checked the layout: 3 outputs, our 2 inputs, the binding.
+        // (Its circuit id and inputs are ours: the DApp made the request.)
         results[requestId] = Stats({
             sum: publicSignals[0],
             countAbove: publicSignals[1],
             meanFloor: publicSignals[2],
-            threshold: publicSignals[4],
+            threshold: publicSignals[3],
             answered: true
         });
         latestAnswered = requestId;
