@@ -7,6 +7,8 @@ each result into the demo dir and reads one line of meaning out of it:
 - hello: its ``sum of ...`` line;
 - ml-train: the test accuracy from ``out/metrics.json``;
 - analytics: the headline of ``out/report.json``;
+- zk-stats: the statistics a provider proved over 16 private values
+  (``out/outputs.json``), with the Groth16 proof checked once more here;
 - render: one job per 160-px tile of a 640x480 image, composed with
   ``examples/render/compose.py`` into ``<demo dir>/render.png``.
 """
@@ -247,10 +249,31 @@ def analytics_line(result: Path) -> str:
     )
 
 
+def zk_stats_line(result: Path) -> str:
+    """The proven statistics, with the proof checked once more from the result's
+    own files (``mask result`` writes the requester's verification key beside
+    the provider's proof.json and public.json: snarkjs would accept them too)."""
+    from zkp.formats import load_json_file
+    from zkp.verify import verify_json
+
+    o = json.loads((result / "out" / "outputs.json").read_text())
+    verdict = verify_json(*(load_json_file(result / f) for f in ZK_FILES))
+    if not verdict.valid:
+        raise ValueError(f"the proof does not verify: {verdict.reason}")
+    return (
+        f"sum {o['sum']}, {o['count_above']} above {o['threshold']}, "
+        f"mean {o['mean_floor']} of 16 private values; proof valid"
+    )
+
+
+ZK_FILES = ("verification_key.json", "proof.json", "public.json")
+
+
 READERS: dict[str, Callable[[Path], str]] = {
     "hello": hello_line,
     "ml-train": ml_line,
     "analytics": analytics_line,
+    "zk-stats": zk_stats_line,
 }
 
 
@@ -354,7 +377,7 @@ def run_demo_jobs(
 
     jobs = [
         DemoJob(name, name, examples / name / "job.toml")
-        for name in ("hello", "ml-train", "analytics")
+        for name in ("hello", "ml-train", "analytics", "zk-stats")
     ]
     plan = compose.plan_tiles(*RENDER_SIZE, RENDER_TILE)
     with tempfile.TemporaryDirectory(prefix="mask-demo-tiles-") as tmp:
@@ -364,7 +387,7 @@ def run_demo_jobs(
             label = f"render {i + 1}/{len(plan)}"
             jobs.append(DemoJob(label, "render", spec, args=args, slug=f"render-tile-{i + 1:02d}"))
         progress(
-            f"submitting {len(jobs)} jobs: hello, ml-train, analytics and "
+            f"submitting {len(jobs)} jobs: hello, ml-train, analytics, zk-stats and "
             f"{len(plan)} render tiles ({RENDER_SIZE[0]}x{RENDER_SIZE[1]} in {RENDER_TILE}-px tiles)"
         )
         submit_all(node, jobs, progress)  # the daemon bundles each spec on submit

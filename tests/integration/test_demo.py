@@ -29,13 +29,17 @@ def test_demo_runs_every_use_case(tmp_path):
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     summary = run.stdout.split("jobs run from node0", 1)[1]
-    for use_case in ("hello", "ml-train", "analytics", "render"):
+    for use_case in ("hello", "ml-train", "analytics", "zk-stats", "render"):
         assert use_case in summary
     assert "sum of the first 10 squares" in summary
     assert "test accuracy" in summary
     assert "640x480 PNG from 12 tiles" in summary
+    # the private data-analysis job: the statistics of examples/zk-stats, proven
+    assert re.search(
+        r"sum 89085, 8 above \d+, mean 5567 of 16 private values; proof valid", summary
+    )
     settlement = summary.split("settlement: the providers are paid on chain", 1)[1]
-    assert re.search(r"15 jobs settled for [0-9.]+ MASK in [1-4] transactions", settlement)
+    assert re.search(r"16 jobs settled for [0-9.]+ MASK in [1-9] transactions", settlement)
     assert "gas per job" in settlement
     assert "disagreement" not in run.stdout
     assert "every provider was paid on chain" in run.stdout
