@@ -136,6 +136,11 @@ class JobsRpc:
         if not isinstance(path, str) or not os.path.isabs(path):
             raise RpcError("params.path must be an absolute path to a job.toml", rpc_code=-32602)
         spec = await trio.to_thread.run_sync(load_spec, path)
+        return await self.submit_spec(spec)
+
+    async def submit_spec(self, spec: JobSpec) -> dict:
+        """Pack, store and submit a validated spec (``v1.jobs.submit`` after it read
+        the file; ``maskd.gateway`` with a relayed zk spec)."""
         bundle, spec = await self._bundle(spec)
         try:
             # a private CAR, not the shared block store: it is served over
@@ -363,7 +368,15 @@ def provider_explanation(row: JobRow, payment: dict | None) -> dict:
     lines = [f"job {row.job_id} (run here for a requester): {row.state}"]
     if row.error:
         lines.append(f"error: {row.error.get('code')}: {row.error.get('message', '')}")
-    if payment is None:
+    relayed = row.explanation.get("paid_by") if isinstance(row.explanation, dict) else None
+    if isinstance(relayed, dict):
+        payment = {"state": "by_request", **relayed}
+        lines.append(
+            f"payment: by ComputeRequests request {relayed.get('request_id')} "
+            f"({relayed.get('contract')} on chain {relayed.get('chain_id')}), paid to this "
+            "account when the proof is submitted on chain"
+        )
+    elif payment is None:
         lines.append("payment: none expected (no chain, or no result delivered)")
     elif payment["state"] == "paid":
         lines.append("payment: paid by the requester's voucher")

@@ -7,7 +7,8 @@
   it is exactly the DAG of the CID the agreement (or the signed result) names;
 - ``StorageOutputs`` is the requester's ``Outputs``: fetch a result, check it
   (verify mode zk: the proof, against the requester's own key, before paying;
-  ``maskd.zk_check``), and record each zk verdict in the job row.
+  ``maskd.zk_check``; a relayed job's proof bound as ComputeRequests will
+  check it), and record each zk verdict in the job row.
 
 Payloads never enter the shared block store.
 """
@@ -464,9 +465,10 @@ class StorageOutputs:
         row = await self.store.get(job_id, role="requester")
         terms = _terms(row)
         try:
-            zk = msgspec.convert(row.spec["spec"], JobSpec).zk
+            spec = msgspec.convert(row.spec["spec"], JobSpec)
         except (msgspec.ValidationError, KeyError, TypeError):
-            zk = None
+            spec = None
+        zk = spec.zk if spec is not None else None
         if zk is None or terms is None:
             return False, "the job's record holds no circuit or agreement to check a proof against"
         dest = self.payloads.files.result(output_cid)
@@ -478,14 +480,23 @@ class StorageOutputs:
         if not ok:
             check = ZkCheck(False, detail)
         else:
+            # the binding the proof must carry: this job between this requester
+            # and the provider, or for a DApp's request (spec.relay) the one
+            # ComputeRequests.fulfill recomputes: jobIdOf(request), the contract
+            relay = spec.relay if spec is not None else None
+            bound_job, bound_requester = (
+                (relay.job_id, relay.contract)
+                if relay is not None
+                else (job_id, terms.requester_account)
+            )
 
             def run() -> ZkCheck:
                 return check_zk_result(
                     dest,
                     output_cid,
                     zk,
-                    job_id=job_id,
-                    requester_account=terms.requester_account,
+                    job_id=bound_job,
+                    requester_account=bound_requester,
                     provider_account=terms.provider_account,
                     backend=self.zk_backend,
                 )

@@ -121,7 +121,8 @@ async def check_prover(
 
 
 def claim_signer(domain: Any, account_key: bytes) -> SignClaim:
-    """Signs a proof's claim as the EIP-712 ZkResult (``ledger.zkclaims``)."""
+    """Signs a proof's claim as the EIP-712 ZkResult (``ledger.zkclaims``), over
+    the job id and requester the proof's binding names (``worker.zk.bound_to``)."""
 
     def sign(terms: Any, proof: zk.ZkProof) -> bytes:
         from ledger.zkclaims import sign_zk_result
@@ -130,8 +131,8 @@ def claim_signer(domain: Any, account_key: bytes) -> SignClaim:
         return sign_zk_result(
             domain,
             account_key,
-            terms.job_id,
-            terms.requester_account,
+            proof.job_id or terms.job_id,  # the binding's: a relayed job's is jobIdOf
+            proof.requester or terms.requester_account,  # ... and the contract
             terms.provider_account,
             proof.circuit_id,
             proof_calldata(proof.proof),
@@ -198,6 +199,7 @@ class ZkExecutor:
             stderr_sha256=_sha256(result / "stderr.log"),
             error_code=error.code if error else "",
             error_message=error.message if error else "",
+            relay=proved.relay if proved else None,
         )
 
     async def _prove(

@@ -32,6 +32,11 @@ blindly. :meth:`ProviderCore.resume` asks first, with a heartbeat marked
 again from the start) or a ``Cancel`` (``replaced``: another provider has the
 job, so nothing is owed for it here). No answer by the job's deadline and the
 job ends ``cancelled`` (``unconfirmed``).
+
+Relayed jobs (a DApp's request on ComputeRequests, placed by a gateway; the
+executor reports the bundle's ``relay``): the contract pays on fulfilment,
+so no voucher is expected (no ``ExpectPayment``: the gateway's account never
+turns ``voucher_missing``), and the job's record says which request pays it.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from protocol.market import (
 from protocol.messages import IdentityRecord
 from scheduler import policy
 from scheduler.jobstate import JobEvent, JobState, transition
+from scheduler.spec import Relay
 from scheduler.store import CreateJob, JobRow, RecordTransition
 
 __all__ = [
@@ -76,6 +82,7 @@ __all__ = [
     "ExecutionOutcome",
     "failed_outcome",
     "FetchPayload",
+    "paid_by",
     "ProviderCommand",
     "ProviderConfig",
     "ProviderCore",
@@ -246,6 +253,18 @@ class ExecutionOutcome:
     stderr_sha256: bytes
     error_code: str = ""
     error_message: str = ""
+    #: the bundle's relay: a DApp's request whose contract pays, not a voucher
+    relay: Relay | None = None
+
+
+def paid_by(relay: Relay) -> dict:
+    """How a relayed job's provider record says who pays (``explanation.paid_by``)."""
+    return {
+        "kind": "compute_request",
+        "chain_id": relay.chain_id,
+        "contract": relay.contract,
+        "request_id": relay.request_id,
+    }
 
 
 def failed_outcome(code: str, message: str) -> ExecutionOutcome:
@@ -568,6 +587,11 @@ class ProviderCore:
         if o.error_code:
             error = {"code": o.error_code, "message": o.error_message}
             return [*sent, self._transition(job, JobEvent.FAILED, error=error)]
+        if o.relay is not None:
+            # the request's contract pays whoever's proof is submitted: no voucher
+            self.counters["relayed_delivered"] += 1
+            explanation = {"paid_by": paid_by(o.relay)}
+            return [*sent, self._transition(job, JobEvent.VERIFIED, explanation=explanation)]
         done: list[ProviderCommand] = [*sent, self._transition(job, JobEvent.VERIFIED)]
         if self.config.paid:
             t = job.agreement.terms

@@ -17,7 +17,9 @@ A job's market life (docs/market.md has the diagram)::
     heartbeats stop / provider deadline missed -> provider_replaced -> next quote,
         or a fresh bid round when none is left
     result from the current provider -> verifying -> FetchOutput
-    output verified -> completed, owed recorded in the same transaction
+    output verified -> completed, owed recorded in the same transaction (a
+        relayed job, ``JobSpec.relay``: nothing owed and no voucher; the
+        DApp's contract pays when the gateway submits the proof)
     output rejected (verify mode zk: a proof that fails) -> not paid, the
         provider scored down and excluded -> provider_replaced -> a fresh bid
         round, at most ``max_verify_attempts`` providers in all, then failed
@@ -394,6 +396,11 @@ class RequesterCore:
             return self._rejected(job, detail, now) + self._admit(now)
         self.reputation[job.terms.provider_peer] += 1
         t = job.terms
+        if job.spec.relay is not None:
+            # a DApp's request: its contract pays the provider when the gateway
+            # submits the proof; nothing is owed here and no voucher is signed
+            self.counters["relayed_verified"] += 1
+            return self._finish(job, JobEvent.VERIFIED, now) + self._admit(now)
         owed = OwedEntry(job.job_id, t.provider_peer, t.provider_account, t.price_total)
         cmds = self._finish(job, JobEvent.VERIFIED, now, owed=owed)
         self.channels[t.provider_account] = self.channels.get(t.provider_account, 0) + int(

@@ -19,6 +19,15 @@ This module reads the spec file and checks that local paths exist; it does no
 other I/O and reads no clock. The circuit itself is opened when the job is
 submitted (``maskd.jobs_rpc``), which records what the requester verifies
 against in :attr:`JobSpec.zk`.
+
+A zk job placed for a DApp's on-chain request (``maskd.gateway``) carries a
+:class:`Relay`: the ComputeRequests contract, its chain and the request id.
+It is never read from ``job.toml`` (the gateway sets it) and travels in the
+bundle's ``job.json``, which the signed spec CID covers. It changes who the
+proof is bound to: job id ``jobIdOf(request)``, requester the contract (not
+the gateway's account), provider the provider's account, as ``fulfill``
+recomputes it; and it changes who pays: the contract, on fulfilment, so no
+voucher is signed or expected for the job.
 """
 
 from __future__ import annotations
@@ -42,11 +51,14 @@ __all__ = [
     "ContentRef",
     "JobSpec",
     "Price",
+    "Relay",
     "Resources",
     "Verify",
     "ZkCircuit",
     "load_spec",
+    "parse_relay",
     "parse_spec",
+    "relay_job_id",
 ]
 
 #: Executors a job may name today. The others are planned (DESIGN.md §6) and
@@ -154,10 +166,82 @@ class ZkCircuit(msgspec.Struct, frozen=True, kw_only=True):
     public_inputs: dict[str, str]  # public input signal -> the decimal value given
 
 
+_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+_DECIMAL_RE = re.compile(r"[0-9]{1,78}")
+
+
+class Relay(msgspec.Struct, frozen=True, kw_only=True):
+    """A zk job placed for a ComputeRequests request (``maskd.gateway``).
+
+    ``request_id`` is a decimal string (a uint256 does not fit MessagePack's
+    integers); ``contract`` is the ComputeRequests address. Build one with
+    :func:`parse_relay`, which checks every field.
+    """
+
+    chain_id: int
+    contract: str
+    request_id: str
+
+    @property
+    def job_id(self) -> str:
+        """``ComputeRequests.jobIdOf(request_id)``: the job id the proof binds (64 hex)."""
+        return relay_job_id(self.chain_id, self.contract, int(self.request_id))
+
+    def binding_parties(self, provider_account: str) -> tuple[str, str, str]:
+        """(job id, requester, provider) of the binding ``fulfill`` recomputes."""
+        return self.job_id, self.contract, provider_account
+
+
+def relay_job_id(chain_id: int, contract: str, request_id: int) -> str:
+    """keccak256(abi.encode(uint256 chainid, address contract, uint256 requestId)),
+    as ``ComputeRequests.jobIdOf`` computes it: 64 hex characters. Pure."""
+    from eth_utils import keccak
+
+    if not _ADDRESS_RE.fullmatch(contract):
+        raise ValueError(f"not a 0x address: {contract[:60]!r}")
+    packed = (
+        chain_id.to_bytes(32, "big")
+        + bytes(12)
+        + bytes.fromhex(contract[2:])
+        + request_id.to_bytes(32, "big")
+    )
+    return keccak(packed).hex()
+
+
+def parse_relay(value: Any) -> Relay:
+    """A relay section from JSON (a bundle's ``job.json``: a stranger's bytes, or
+    a stored spec). ValueError naming the field for anything malformed."""
+    if not isinstance(value, Mapping):
+        raise ValueError("relay must be a table of chain_id, contract and request_id")
+    unknown = set(value) - {"chain_id", "contract", "request_id"}
+    if unknown:
+        raise ValueError(f"relay has unknown keys: {', '.join(sorted(map(str, unknown)))[:120]}")
+    chain_id = value.get("chain_id")
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**64:
+        raise ValueError(f"relay.chain_id must be a positive integer, got {str(chain_id)[:40]!r}")
+    contract = value.get("contract")
+    if not isinstance(contract, str) or not _ADDRESS_RE.fullmatch(contract):
+        raise ValueError(f"relay.contract must be a 0x address, got {str(contract)[:60]!r}")
+    request_id = value.get("request_id")
+    if not isinstance(request_id, str) or not _DECIMAL_RE.fullmatch(request_id):
+        raise ValueError(f"relay.request_id must be a decimal string, got {str(request_id)[:80]!r}")
+    if not 0 < int(request_id) <= MAX_TOTAL:
+        raise ValueError("relay.request_id must be a uint256 above 0")
+    from eth_utils import to_checksum_address
+
+    return Relay(
+        chain_id=chain_id,
+        contract=to_checksum_address(contract),
+        request_id=str(int(request_id)),
+    )
+
+
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A validated job spec. Build one with :func:`load_spec` or :func:`parse_spec`.
 
     ``program`` is set for ``wasm`` jobs, ``circuit`` for ``zk-groth16`` ones.
+    ``zk`` is filled at submission; ``relay`` only by the gateway (never from
+    job.toml): a zk job placed for a DApp's request, paid by the contract.
     """
 
     name: str
@@ -170,6 +254,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     resources: Resources = Resources()
     verify: Verify = Verify()
     zk: ZkCircuit | None = None
+    relay: Relay | None = None
 
 
 def load_spec(path: str | Path) -> JobSpec:

@@ -29,7 +29,9 @@ Result layout (the output DAG's root; ``mask result ID -o DIR`` writes it)::
                           provider, circuit_id, prover, prove_ms, constraints,
                           signature}; ``signature`` is the EIP-712 ZkResult
                           signature (``ledger.zkclaims``), the evidence for
-                          on-chain slashing
+                          on-chain slashing; a relayed job's names the
+                          binding's job id and requester (jobIdOf, the
+                          contract) and adds ``relay``
     stdout.log, stderr.log  which prover ran and how long it took; why it failed
 
 Everything in the bundle is a stranger's data. Files are opened without
@@ -43,6 +45,13 @@ live in ``worker.zk_checks``). Every refusal is a
 the prover reports (``zkp.witness``, ``zkp.prover``) is mapped to the same
 codes, so a job's failure says whose it is: the requester's inputs or
 circuit, the job's limits, or the provider's prover.
+
+A relayed job (a DApp's request on ComputeRequests, placed by a gateway:
+``scheduler.spec.Relay``) names the contract, its chain and the request id in
+job.json under ``relay``. Its proof is bound to ``jobIdOf(request)``, the
+contract as requester and this provider, as ``fulfill`` recomputes it, and
+the signed claim names the same three, so it matches the proof it signs.
+The relay must be on the chain of the agreement's escrow.
 
 Usage: ``fuel`` reports the circuit's constraint count (the deterministic
 measure of a proof's work, as fuel is a wasm run's), ``wall_ms`` the proving
@@ -62,6 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from protocol.errors import JobError
+from scheduler.spec import Relay, parse_relay
 from worker.bundle import _parse_job, _read
 from worker.results import scan_tree
 from worker.zk_checks import (
@@ -103,6 +113,7 @@ __all__ = [
     "parse_inputs",
     "prove_job",
     "read_executor",
+    "read_relay",
     "read_vk_bytes",
     "result_files",
     "write_result",
@@ -125,6 +136,17 @@ class ZkBundle:
     circuit: Circuit
     inputs: dict[str, Signal]  # input.json, checked, without the binding
     circuit_bytes: int  # circuit/, all files
+    relay: Relay | None = None  # job.json's relay: a DApp's request, paid by its contract
+
+
+def read_relay(job: Mapping[str, Any]) -> Relay | None:
+    """job.json's ``relay`` section, checked (``bad_bundle`` when malformed)."""
+    if "relay" not in job:
+        return None
+    try:
+        return parse_relay(job["relay"])
+    except ValueError as e:
+        raise _bad_bundle(f"the bundle's job.json: {e}") from None
 
 
 def read_executor(bundle_dir: Path, *, max_spec_bytes: int = 1 << 20) -> str:
@@ -162,6 +184,7 @@ def load_zk_bundle(
         job = _parse_job(spec, limits.max_spec_bytes, 32)
         if job.get("executor") != ZK_EXECUTOR:
             raise _bad_bundle(f"the bundle's job.json does not name executor {ZK_EXECUTOR!r}")
+        relay = read_relay(job)
         circuit_dir = Path(bundle_dir) / "circuit"
         size = _check_circuit_tree(dir_fd, circuit_dir, limits)
         check_zkey(circuit_dir / "circuit.zkey", memory_bytes=memory_bytes, limits=limits)
@@ -174,7 +197,7 @@ def load_zk_bundle(
     except CircuitError as e:
         raise zk_error(ZkCode.CIRCUIT_INVALID, f"the bundle's circuit/: {e}") from None
     check_signal_names(inputs, circuit.input_names)
-    return ZkBundle(job, circuit, inputs, size)
+    return ZkBundle(job, circuit, inputs, size, relay)
 
 
 def _check_circuit_tree(dir_fd: int, circuit_dir: Path, limits: ZkLimits) -> int:
@@ -275,6 +298,11 @@ class ZkProof:
     prove_ms: int
     constraints: int
     public_names: tuple[str, ...] = field(default=())
+    #: who the binding names (the claim must name the same): the agreement's
+    #: job id and requester, or for a relayed job jobIdOf(request) and the contract
+    job_id: str = ""
+    requester: str = ""
+    relay: Relay | None = None
 
 
 def prove_job(
@@ -305,8 +333,9 @@ def prove_job(
             ZkCode.CIRCUIT_MISMATCH,
             f"the agreement names circuit {shown}; the bundle's circuit/ is {circuit_id}",
         )
+    job_id, requester = bound_to(terms, bundle.relay)
     try:
-        binding = job_binding(terms.job_id, terms.requester_account, terms.provider_account)
+        binding = job_binding(job_id, requester, terms.provider_account)
     except ValueError as e:  # the agreement was checked; a job id that is not 32 bytes is not
         raise _bad_bundle(f"the job cannot be bound: {e}") from None
     inputs = bind_inputs(bundle.inputs, binding)
@@ -340,7 +369,26 @@ def prove_job(
         prove_ms=prove_ms,
         constraints=circuit.constraints,
         public_names=tuple(circuit.public_names),
+        job_id=job_id,
+        requester=requester,
+        relay=bundle.relay,
     )
+
+
+def bound_to(terms: Any, relay: Relay | None) -> tuple[str, str]:
+    """(job id, requester) the proof's binding names with ``terms.provider_account``:
+    the agreement's own, or for a relayed job ``jobIdOf(request)`` and the
+    ComputeRequests contract. A relay on another chain than the agreement's
+    escrow is refused: this provider would be paid where it does not look."""
+    if relay is None:
+        return terms.job_id, terms.requester_account
+    chain_id = getattr(terms, "chain_id", None)
+    if relay.chain_id != chain_id:
+        raise _bad_bundle(
+            f"the job relays request {relay.request_id} on chain {relay.chain_id}; "
+            f"the agreement is for chain {chain_id}"
+        )
+    return relay.job_id, relay.contract
 
 
 def _verify(vk: Any, proof: Any, public: tuple[int, ...]) -> Any:
@@ -397,10 +445,11 @@ _PROVER_CODES = {
 
 
 def claim_json(zk: ZkProof, terms: Any, signature: bytes) -> dict[str, Any]:
-    """zk_result.json: the provider's signed claim about this proof."""
-    return {
-        "job_id": terms.job_id,
-        "requester": terms.requester_account,
+    """zk_result.json: the provider's signed claim about this proof, naming the
+    job id and requester its binding names (a relayed job's: jobIdOf, the contract)."""
+    claim: dict[str, Any] = {
+        "job_id": zk.job_id or terms.job_id,
+        "requester": zk.requester or terms.requester_account,
         "provider": terms.provider_account,
         "circuit_id": zk.circuit_id,
         "prover": zk.prover,
@@ -408,6 +457,13 @@ def claim_json(zk: ZkProof, terms: Any, signature: bytes) -> dict[str, Any]:
         "constraints": zk.constraints,
         "signature": "0x" + signature.hex(),
     }
+    if zk.relay is not None:
+        claim["relay"] = {
+            "chain_id": zk.relay.chain_id,
+            "contract": zk.relay.contract,
+            "request_id": zk.relay.request_id,
+        }
+    return claim
 
 
 def outputs_json(zk: ZkProof) -> dict[str, str]:
