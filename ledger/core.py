@@ -21,9 +21,22 @@ whose transaction reverted or left the chain makes its vouchers pending again:
 the escrow pays only ``cumulative - settled``, so a resend never pays twice.
 Chain errors back off exponentially (capped, jittered by the caller's random).
 
+zk claims (docs/ledger.md "Claims in the daemon"): a delivery whose voucher is
+missing (past ``voucher_timeout_s``, or at once when the requester disputed
+the result) and whose agreement named a circuit is claimed on chain with the
+provider's own proof (``SettlementEscrow.claimWithProof``), once per job: the
+claim is a row (``planned``) before it is sent, ``sent`` with its hash, then
+``paid``, ``reverted`` (with the contract's reason, never retried) or
+``failed`` (the evidence could not be read). A paid claim pays the job like a
+voucher would: its price counts in ``paid_total``, because the contract added
+it to ``settled`` and the requester adds it to its cumulative when it sees the
+``ProofClaimed`` event. A claim the contract refused for the provider's own
+reasons (``invalid_proof``, ``binding_mismatch``, ...) writes the job off: it
+no longer counts as owed, nor against the requester's standing.
+
 Memory is bounded: unpaid deliveries are kept per channel, paid ones only as
 totals and a bounded set of recent job ids; finished batches only the last
-:data:`RECENT_BATCHES`.
+:data:`RECENT_BATCHES`, finished claims the last :data:`RECENT_CLAIMS`.
 """
 
 from __future__ import annotations
@@ -38,6 +51,9 @@ from ledger.vouchers import MAX_UINT256, SignedVoucher, checksum
 from protocol.errors import MaskError
 
 __all__ = [
+    "ALREADY_CLAIMED",
+    "CLAIM_KEEPS_DEBT",
+    "CLAIM_LIVE",
     "IN_FLIGHT",
     "MAX_BATCH_CANDIDATES",
     "SKIP_BAD_SIGNATURE",
@@ -49,6 +65,13 @@ __all__ = [
     "BatchChange",
     "BatchState",
     "ChainHealth",
+    "Claim",
+    "ClaimChange",
+    "ClaimEvidence",
+    "ClaimReceipt",
+    "ClaimRefused",
+    "ClaimState",
+    "ClaimUnavailable",
     "Delivery",
     "GasPacker",
     "LedgerConfig",
@@ -77,6 +100,8 @@ RECENT_BATCHES = 50
 #: Paid job ids remembered so a late duplicate payment is "ignored", not "unknown".
 RECENT_PAID = 65_536
 MAX_JOB_ID_CHARS = 128
+#: Finished claims kept in memory for ``mask ledger`` and ``mask explain`` (all stay in the store).
+RECENT_CLAIMS = 4096
 
 
 class LedgerError(MaskError):
@@ -99,6 +124,8 @@ class LedgerConfig:
     tx_timeout_s: float = 180.0
     #: how often the receipts of batches in flight are read
     poll_interval_s: float = 2.0
+    #: claim zk jobs whose voucher is missing on chain with the provider's proof
+    zk_claims: bool = True
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -169,16 +196,22 @@ class Delivery:
     paid_at: float | None = None
     missing_at: float | None = None
     underpaid_at: float | None = None
+    #: a claim was opened for it (whatever came of it: one claim per job)
+    claimed: bool = False
+    #: no longer owed: the chain refused its claim for the provider's own reasons
+    written_off_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Standing:
     """How a requester pays: jobs paid, jobs past due without a voucher, jobs
-    whose own payment did not cover them (the last two are cleared by payment)."""
+    whose own payment did not cover them (the last two are cleared by payment),
+    and jobs the chain paid on the provider's proof because it did not."""
 
     paid: int = 0
     voucher_missing: int = 0
     underpaid: int = 0
+    claimed: int = 0
 
 
 @dataclass(slots=True)
@@ -190,6 +223,7 @@ class _Channel:
     delivered_total: int = 0
     paid_total: int = 0
     paid_count: int = 0
+    claimed_count: int = 0  # of paid_count, paid on chain by a claim
     unpaid: dict[str, Delivery] = field(default_factory=dict)  # delivery order
     pending_since: float | None = None
     #: (cumulative, until) after a skip: that voucher is not offered again
@@ -306,6 +340,100 @@ class GasPacker:
         return self._fit
 
 
+# --- zk claims ----------------------------------------------------------------
+
+
+class ClaimState(enum.StrEnum):
+    PLANNED = "planned"  # a row, not sent (or to be sent again)
+    SENT = "sent"  # the node accepted the transaction: its hash is stored
+    PAID = "paid"  # ProofClaimed: the chain paid the job
+    REVERTED = "reverted"  # the contract refused it (``reason``); never retried
+    FAILED = "failed"  # never sent: the evidence could not be read or sent (``reason``)
+
+
+CLAIM_LIVE = frozenset({ClaimState.PLANNED, ClaimState.SENT})
+#: The contract's refusal when the job was claimed already (by this node before
+#: a crash, or by anyone for it: the price goes to the provider either way).
+ALREADY_CLAIMED = "already_claimed"
+#: Refusals after which the job still counts against the requester: it owes the
+#: price but its deposit could not pay it. Every other refusal is the provider's
+#: (a proof the chain rejects, a late claim) and writes the job off.
+CLAIM_KEEPS_DEBT = frozenset({"insufficient_deposit"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimEvidence:
+    """What ``claimWithProof`` takes, from the provider's own records: the
+    agreement both parties signed (``protocol.market.Agreement`` as the job row
+    keeps it, msgpack), the proof in EIP-197 order, the public signals (binding
+    last) and the circuit's verification key (snarkjs JSON), to register it."""
+
+    job_id: str
+    agreement: bytes
+    proof: tuple[int, ...]
+    public: tuple[int, ...]
+    vk: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One job's claim on chain (amounts in base units)."""
+
+    job_id: str
+    requester: str
+    price: int
+    state: ClaimState
+    created_at: float
+    tx_hash: str | None = None
+    sent_at: float | None = None
+    block: int | None = None
+    gas_used: int | None = None
+    amount: int | None = None  # what the chain paid
+    reason: str | None = None  # snake_case: the contract's error, or why it failed
+    error: str | None = None  # the same in words
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReceipt:
+    """A mined claim transaction: ``amount`` from its ProofClaimed event; for a
+    reverted one, the contract's ``reason`` (snake_case) and ``error`` in words."""
+
+    tx_hash: str
+    block_number: int
+    status: bool
+    gas_used: int
+    amount: int | None = None
+    reason: str = ""
+    error: str = ""
+
+
+class ClaimRefused(Exception):
+    """The contract refused a claim (its dry run reverted): ``reason`` is the
+    custom error in snake_case (``invalid_proof``, ``already_claimed``, ...)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class ClaimUnavailable(Exception):
+    """A zk job's claim cannot be made from this node's records (its result is
+    gone, its proof or agreement unreadable): ``reason`` in snake_case."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimChange:
+    """A claim's new row and what it did to the deliveries, written together."""
+
+    claim: Claim
+    paid: tuple[str, ...] = ()
+    written_off: tuple[str, ...] = ()
+
+
 # --- restore ------------------------------------------------------------------
 
 
@@ -321,6 +449,9 @@ class LedgerState:
     settled: dict[str, int] = field(default_factory=dict)
     batches: Sequence[Batch] = ()  # in flight, and the most recent finished ones
     next_batch_id: int = 1
+    claims: Sequence[Claim] = ()  # live, and the most recent finished ones
+    #: per requester: jobs paid by a claim (of the paid count)
+    claimed: dict[str, int] = field(default_factory=dict)
 
 
 class LedgerCore:
@@ -336,6 +467,9 @@ class LedgerCore:
         self._batches: dict[int, Batch] = {}  # in flight
         self._finished: deque[Batch] = deque(maxlen=RECENT_BATCHES)
         self._next_batch_id = 1
+        self._claims: dict[str, Claim] = {}  # live (planned, sent)
+        self._claims_done: OrderedDict[str, Claim] = OrderedDict()
+        self._unclaimable: set[str] = set()  # unpaid jobs that are not zk jobs
 
     # --- restore ----------------------------------------------------------
 
@@ -360,6 +494,13 @@ class LedgerCore:
             ch.latest, ch.latest_at = voucher, received_at
         for requester, settled in state.settled.items():
             core._channel(requester).settled = settled
+        for requester, count in state.claimed.items():
+            core._channel(requester).claimed_count = count
+        for claim in sorted(state.claims, key=lambda c: (c.created_at, c.job_id)):
+            if claim.state in CLAIM_LIVE:
+                core._claims[claim.job_id] = claim
+            else:
+                core._remember_claim(claim)
         for batch in sorted(state.batches, key=lambda b: b.id):
             if batch.state in IN_FLIGHT:
                 core._batches[batch.id] = batch
@@ -420,6 +561,7 @@ class LedgerCore:
         d = ch.unpaid.pop(job_id)
         ch.delivered_total -= d.price
         del self._jobs[job_id]
+        self._unclaimable.discard(job_id)
         return replace(d)
 
     def on_wire_payment(
@@ -529,6 +671,7 @@ class LedgerCore:
                 ch.paid_count += 1
                 del ch.unpaid[job_id]
                 del self._jobs[job_id]
+                self._unclaimable.discard(job_id)
                 self._remember_paid(job_id, ch.requester)
                 d.paid_at = now
                 paid.append(job_id)
@@ -580,7 +723,199 @@ class LedgerCore:
             paid=ch.paid_count,
             voucher_missing=sum(d.missing_at is not None for d in unpaid),
             underpaid=sum(d.underpaid_at is not None for d in unpaid),
+            claimed=ch.claimed_count,
         )
+
+    def dispute(self, job_id: str, requester_peer: str, now: float) -> bool:
+        """The requester refused the result (``Cancel(verification_failed)`` after
+        it went out): its voucher will not come, so the job is ``voucher_missing``
+        now, and a zk job goes straight to its claim (the contract decides).
+        Only the job's requester can; True when the job became missing."""
+        ch = self._jobs.get(job_id)
+        if ch is None:
+            return False
+        d = ch.unpaid[job_id]
+        if d.requester_peer != requester_peer or d.missing_at is not None:
+            return False
+        d.missing_at = now
+        return True
+
+    # --- zk claims ------------------------------------------------------------
+
+    def claim_candidates(self) -> list[str]:
+        """Unpaid ``voucher_missing`` jobs with no claim yet (and not known to be
+        non-zk), oldest first: the shell reads each one's evidence."""
+        if not self.config.zk_claims:
+            return []
+        late = [
+            d
+            for ch in self._channels.values()
+            for d in ch.unpaid.values()
+            if d.missing_at is not None and not d.claimed and d.job_id not in self._unclaimable
+        ]
+        return [d.job_id for d in sorted(late, key=lambda d: (d.missing_at, d.job_id))]
+
+    def not_claimable(self, job_id: str) -> None:
+        """Not a zk job (its agreement names no circuit): never a claim. Kept in
+        memory while the job is unpaid; after a restart the shell asks again."""
+        if job_id in self._jobs:
+            self._unclaimable.add(job_id)
+
+    def open_claim(self, job_id: str, now: float) -> Claim | None:
+        """A new ``planned`` claim for an unpaid job (None: paid meanwhile, or it
+        had one). The store writes it, with its evidence, before it is sent."""
+        ch = self._jobs.get(job_id)
+        if ch is None or ch.unpaid[job_id].claimed:
+            return None
+        d = ch.unpaid[job_id]
+        d.claimed = True
+        claim = Claim(job_id, ch.requester, d.price, ClaimState.PLANNED, now)
+        self._claims[job_id] = claim
+        return claim
+
+    def claim_unavailable(self, job_id: str, reason: str, error: str, now: float) -> Claim | None:
+        """A zk job whose evidence cannot be read here (its result is gone, its
+        proof unreadable): a ``failed`` claim at once, never sent. The job stays
+        ``voucher_missing``: the requester did not pay it."""
+        claim = self.open_claim(job_id, now)
+        if claim is None:
+            return None
+        return self._end_claim(claim, ClaimState.FAILED, reason=reason, error=error).claim
+
+    def claim_sent(self, job_id: str, tx_hash: str, now: float) -> Claim:
+        return self._set_claim(job_id, state=ClaimState.SENT, tx_hash=tx_hash, sent_at=now)
+
+    def claim_resend(self, job_id: str, error: str) -> Claim:
+        """A sent claim's transaction vanished and the chain has no claim for the
+        job: ``planned`` again (a second send that meets the first is refused
+        ``already_claimed``, which counts as paid)."""
+        return self._set_claim(
+            job_id, state=ClaimState.PLANNED, tx_hash=None, sent_at=None, error=error
+        )
+
+    def claim_failed(self, job_id: str, reason: str, error: str, now: float) -> ClaimChange:
+        """It cannot be sent, for a reason that is not the contract's (malformed
+        evidence): ``failed``; the job stays ``voucher_missing``."""
+        claim = self._live_claim(job_id)
+        return self._end_claim(claim, ClaimState.FAILED, reason=reason, error=error)
+
+    def claim_paid(
+        self,
+        job_id: str,
+        amount: int | None,
+        now: float,
+        *,
+        block: int | None = None,
+        gas_used: int | None = None,
+    ) -> ClaimChange:
+        """ProofClaimed (or ``already_claimed``): the job is paid, its price in
+        ``paid_total`` (the chain added it to ``settled``; the shell reads that
+        again). A job a voucher paid meanwhile stays paid once."""
+        claim = self._live_claim(job_id)
+        ch = self._channel(claim.requester)
+        paid: tuple[str, ...] = ()
+        d = ch.unpaid.get(job_id)
+        if d is not None:
+            del ch.unpaid[job_id]
+            del self._jobs[job_id]
+            ch.paid_total += d.price
+            ch.paid_count += 1
+            self._remember_paid(job_id, ch.requester)
+            d.paid_at = now
+            paid = (job_id,)
+        ch.claimed_count += 1
+        return self._end_claim(
+            claim,
+            ClaimState.PAID,
+            amount=claim.price if amount is None else amount,
+            block=block,
+            gas_used=gas_used,
+            paid=paid,
+        )
+
+    def claim_reverted(
+        self,
+        job_id: str,
+        reason: str,
+        error: str,
+        now: float,
+        *,
+        block: int | None = None,
+        gas_used: int | None = None,
+    ) -> ClaimChange:
+        """The contract refused the claim (in the dry run or on chain): recorded,
+        never retried. ``already_claimed`` is a claim that did land: paid. A
+        refusal in :data:`CLAIM_KEEPS_DEBT` leaves the job ``voucher_missing``;
+        any other writes it off (no longer owed, nor counted against the requester)."""
+        if reason == ALREADY_CLAIMED:
+            return self.claim_paid(job_id, None, now, block=block, gas_used=gas_used)
+        claim = self._live_claim(job_id)
+        written: tuple[str, ...] = ()
+        ch = self._channel(claim.requester)
+        d = ch.unpaid.get(job_id)
+        if d is not None and reason not in CLAIM_KEEPS_DEBT:
+            del ch.unpaid[job_id]
+            del self._jobs[job_id]
+            ch.delivered_total -= d.price
+            self._remember_paid(job_id, ch.requester)  # a late voucher for it is not "unknown"
+            d.written_off_at = now
+            written = (job_id,)
+        return self._end_claim(
+            claim,
+            ClaimState.REVERTED,
+            reason=reason,
+            error=error,
+            block=block,
+            gas_used=gas_used,
+            written_off=written,
+        )
+
+    def claim(self, job_id: str) -> Claim | None:
+        return self._claims.get(job_id) or self._claims_done.get(job_id)
+
+    def live_claims(self, *states: ClaimState) -> list[Claim]:
+        want = set(states) or CLAIM_LIVE
+        return sorted(
+            (c for c in self._claims.values() if c.state in want),
+            key=lambda c: (c.created_at, c.job_id),
+        )
+
+    def recent_claims(self) -> list[Claim]:
+        return sorted(
+            [*self._claims_done.values(), *self._claims.values()],
+            key=lambda c: (c.created_at, c.job_id),
+        )
+
+    def _live_claim(self, job_id: str) -> Claim:
+        claim = self._claims.get(job_id)
+        if claim is None:
+            raise LedgerError(f"no claim in flight for job {job_id}", code="claim_not_in_flight")
+        return claim
+
+    def _set_claim(self, job_id: str, **changes: object) -> Claim:
+        claim = replace(self._live_claim(job_id), **changes)  # type: ignore[arg-type]
+        self._claims[job_id] = claim
+        return claim
+
+    def _end_claim(
+        self,
+        claim: Claim,
+        state: ClaimState,
+        *,
+        paid: tuple[str, ...] = (),
+        written_off: tuple[str, ...] = (),
+        **changes: object,
+    ) -> ClaimChange:
+        done = replace(claim, state=state, **changes)  # type: ignore[arg-type]
+        self._claims.pop(claim.job_id, None)
+        self._remember_claim(done)
+        self._unclaimable.discard(claim.job_id)
+        return ClaimChange(done, paid, written_off)
+
+    def _remember_claim(self, claim: Claim) -> None:
+        self._claims_done[claim.job_id] = claim
+        while len(self._claims_done) > RECENT_CLAIMS:
+            self._claims_done.popitem(last=False)
 
     # --- batching -----------------------------------------------------------
 
@@ -767,6 +1102,7 @@ class LedgerCore:
                         "paid": st.paid,
                         "voucher_missing": st.voucher_missing,
                         "underpaid": st.underpaid,
+                        "claimed": st.claimed,
                     },
                     "last_skip": ch.last_skip,
                 }

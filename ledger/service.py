@@ -15,6 +15,15 @@ pending again), reads the receipts of batches in flight, and settles when a
 batch is due. A chain error backs off (``retry_base_s`` doubling to
 ``retry_max_s``, jittered by the injected random) and :meth:`status` says so.
 
+zk claims (a :class:`ClaimPort` given): each tick also opens a claim for every
+``voucher_missing`` job the port says is a zk job (its evidence, read from the
+provider's own records, is stored with the ``planned`` row), sends the
+planned ones (the port registers the circuit first if the chain lacks it),
+and polls the sent ones' receipts with the batches'. A refusal is recorded
+with the contract's reason and never retried; a chain that cannot be reached
+backs off like settlement does. After a paid claim the channel's ``settled``
+is read again (the contract raised it by the price).
+
 Time: ``clock()`` is what the core sees and what the store records (wall time
 in the daemon, so it means the same after a restart; ``trio.current_time`` in
 tests); sleeps are trio sleeps for the difference, so both work under
@@ -29,7 +38,7 @@ import random as _random
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -39,6 +48,13 @@ from ledger.core import (
     Batch,
     BatchChange,
     BatchState,
+    Claim,
+    ClaimChange,
+    ClaimEvidence,
+    ClaimReceipt,
+    ClaimRefused,
+    ClaimState,
+    ClaimUnavailable,
     GasPacker,
     LedgerConfig,
     LedgerCore,
@@ -51,10 +67,34 @@ from ledger.ports import ChainError, EscrowPort
 from ledger.store import InlineLedgerStore, LedgerStore, ThreadedLedgerStore
 from ledger.vouchers import Domain, SignedVoucher, checksum, verify_voucher
 
-__all__ = ["LedgerConfig", "LedgerError", "LedgerService"]
+__all__ = ["ClaimPort", "LedgerConfig", "LedgerError", "LedgerService"]
 
 #: Requesters whose escrow reading is cached (LRU): a flood of accounts cannot grow it.
 ESCROW_CACHE_ENTRIES = 4096
+
+
+class ClaimPort(Protocol):
+    """What claiming zk jobs needs from the node and the chain (``maskd.money``)."""
+
+    async def evidence(self, job_id: str) -> ClaimEvidence | None:
+        """The job's claim evidence from the provider's own records; None when
+        its agreement names no circuit (not a zk job). Raises ClaimUnavailable
+        (a zk job whose evidence cannot be read), ChainError (transient: later)."""
+        ...
+
+    async def send_claim(self, evidence: ClaimEvidence) -> str:
+        """Register the circuit if the chain lacks it, dry-run and send
+        ``claimWithProof``; the transaction hash once the node accepted it.
+        Raises ClaimRefused (the dry run reverted) or ChainError."""
+        ...
+
+    async def claim_receipt(self, tx_hash: str) -> ClaimReceipt | None:
+        """The mined receipt, None while it is not in the chain."""
+        ...
+
+    async def claimed(self, job_id: str) -> bool:
+        """``claimed(jobId, provider)`` on chain."""
+        ...
 
 
 class LedgerService:
@@ -67,9 +107,11 @@ class LedgerService:
         provider: str,
         clock: Callable[[], float] = time.time,
         random: _random.Random | None = None,
+        claims: ClaimPort | None = None,
     ):
         self._db = store
         self.escrow = escrow
+        self.claims = claims
         self.config = config or LedgerConfig()
         self.provider = checksum(provider)
         self.domain = Domain(escrow.chain_id, escrow.escrow_address)
@@ -139,6 +181,19 @@ class LedgerService:
                 await self._db.call(lambda s: s.withdraw_delivery(job_id))
                 self.counters["delivery_withdrawn"] += 1
         return dropped is not None
+
+    async def dispute(self, job_id: str, requester_peer: str) -> bool:
+        """The requester refused the delivered result (``LedgerCore.dispute``):
+        ``voucher_missing`` now, and a zk job is claimed at the next tick."""
+        async with self._lock:
+            now = self._clock()
+            if not self.core.dispute(job_id, requester_peer, now):
+                return False
+            await self._db.call(lambda s: s.mark_missing([job_id], now))
+            self.counters["disputed"] += 1
+        self._notify()
+        self._wake.set()
+        return True
 
     async def payment(
         self, job_id: object, requester_peer: object, cumulative: object, signature: object
@@ -220,10 +275,19 @@ class LedgerService:
     def _next_wake(self, now: float) -> float | None:
         core = self.core
         times = [t for t in (core.next_timer(now),) if t is not None]
-        if self._orphans or core.in_flight(BatchState.SENT, BatchState.MINED):
+        if (
+            self._orphans
+            or core.in_flight(BatchState.SENT, BatchState.MINED)
+            or self._claiming(ClaimState.SENT)
+        ):
             poll = self._last_poll + self.config.poll_interval_s
             times.append(max(poll, core.health.retry_at or poll))
+        if self._claiming(ClaimState.PLANNED) or (self.claims and core.claim_candidates()):
+            times.append(core.health.retry_at or now)
         return None if not times else min(times) - now
+
+    def _claiming(self, state: ClaimState) -> bool:
+        return self.claims is not None and bool(self.core.live_claims(state))
 
     async def _tick(self) -> None:
         core = self.core
@@ -235,8 +299,10 @@ class LedgerService:
                 self._notify()
         if self._orphans and not self._backing_off():
             await self._recover_orphans()
+        if self.claims is not None and not self._backing_off():
+            await self._claim_round()
         if (
-            core.in_flight(BatchState.SENT, BatchState.MINED)
+            (core.in_flight(BatchState.SENT, BatchState.MINED) or self._claiming(ClaimState.SENT))
             and self._clock() >= self._last_poll + self.config.poll_interval_s
             and not self._backing_off()
         ):
@@ -295,8 +361,136 @@ class LedgerService:
                         await self._put(LedgerStore.update_batch, change, self.provider, now)
                 if change is not None:
                     self._notify()
+            if self.claims is not None:
+                await self._poll_claims(head)
         except ChainError as e:
             self._chain_failed(e)
+
+    # --- zk claims ---------------------------------------------------------------
+
+    async def _claim_round(self) -> None:
+        """Open a claim for each new candidate, then send the planned ones.
+        A transient chain error backs off and ends the round."""
+        assert self.claims is not None
+        core = self.core
+        for job_id in core.claim_candidates():
+            try:
+                evidence = await self.claims.evidence(job_id)
+            except ClaimUnavailable as e:
+                async with self._lock:
+                    claim = core.claim_unavailable(job_id, e.reason, str(e), self._clock())
+                    if claim is not None:
+                        await self._put(LedgerStore.add_claim, claim)
+                        self.counters["claims_failed"] += 1
+                self._notify()
+                continue
+            except ChainError as e:
+                self._chain_failed(e)
+                return
+            if evidence is None:
+                core.not_claimable(job_id)
+                self.counters["claims_not_zk"] += 1
+                continue
+            async with self._lock:
+                claim = core.open_claim(job_id, self._clock())
+                if claim is None:
+                    continue
+                await self._put(LedgerStore.add_claim, claim, evidence)
+                self.counters["claims_opened"] += 1
+        for claim in core.live_claims(ClaimState.PLANNED):
+            if not await self._send_claim(claim):
+                return
+
+    async def _send_claim(self, claim: Claim) -> bool:
+        """One planned claim out; False when the chain is backing off."""
+        assert self.claims is not None
+        core = self.core
+        job_id = claim.job_id
+        evidence = await self._db.call(lambda s: s.claim_evidence(job_id))
+        try:
+            if evidence is None:
+                raise ClaimUnavailable("no_evidence", "the claim's evidence is not in the store")
+            tx_hash = await self.claims.send_claim(evidence)
+        except ClaimRefused as e:
+            await self._end_claim(core.claim_reverted, job_id, e.reason, str(e))
+            return True
+        except ClaimUnavailable as e:
+            await self._end_claim(core.claim_failed, job_id, e.reason, str(e))
+            return True
+        except ChainError as e:
+            if e.transient:
+                self._chain_failed(e)
+                return False
+            await self._end_claim(core.claim_failed, job_id, "send_failed", _describe(e))
+            return True
+        async with self._lock:
+            sent = core.claim_sent(job_id, tx_hash, self._clock())
+            await self._put(LedgerStore.update_claim, sent, self.provider, self._clock())
+            self.counters["claims_sent"] += 1
+        self._notify()
+        self._wake.set()  # the loop polls its receipt
+        return True
+
+    async def _poll_claims(self, head: int) -> None:
+        """The receipts of sent claims (ChainError propagates to the poll)."""
+        assert self.claims is not None
+        core = self.core
+        for claim in core.live_claims(ClaimState.SENT):
+            assert claim.tx_hash is not None
+            job_id = claim.job_id
+            receipt = await self.claims.claim_receipt(claim.tx_hash)
+            if receipt is None:
+                waited = self._clock() - (claim.sent_at or 0.0)
+                if waited < self.config.tx_timeout_s:
+                    continue
+                if await self.claims.claimed(job_id):
+                    await self._end_claim(core.claim_paid, job_id, None)
+                else:
+                    async with self._lock:
+                        again = core.claim_resend(
+                            job_id, f"not mined within {self.config.tx_timeout_s:g}s: sent again"
+                        )
+                        await self._put(
+                            LedgerStore.update_claim, again, self.provider, self._clock()
+                        )
+                    self._wake.set()
+                continue
+            if head - receipt.block_number + 1 < self.config.confirmations:
+                continue
+            r = receipt
+            mined = {"block": r.block_number, "gas_used": r.gas_used}
+            if r.status:
+                await self._end_claim(core.claim_paid, job_id, r.amount, **mined)
+            else:
+                error = r.error or f"claimWithProof {r.tx_hash} reverted"
+                await self._end_claim(
+                    core.claim_reverted, job_id, r.reason or "reverted", error, **mined
+                )
+
+    async def _end_claim(self, step: Callable[..., ClaimChange], *args: Any, **kw: Any) -> None:
+        """A claim's outcome (``step(*args, now=now, **kw)`` on the core) and its
+        row, then, for a paid one, the channel's ``settled`` read again (the
+        contract raised it by the price)."""
+        core = self.core
+        async with self._lock:
+            now = self._clock()
+            change = step(*args, now=now, **kw)
+            await self._put(LedgerStore.update_claim, change, self.provider, now)
+        state = change.claim.state
+        self.counters[f"claims_{state.value}"] += 1
+        self._notify()
+        if state is not ClaimState.PAID:
+            return
+        requester = change.claim.requester
+        try:
+            settled = await self.escrow.settled(requester, self.provider)
+        except ChainError:
+            return  # the next batch's receipt brings it
+        async with self._lock:
+            if core.settled_seen(requester, settled):
+                await self._put(
+                    LedgerStore.set_settled, requester, self.provider, settled, self._clock()
+                )
 
     async def _settle_round(self) -> list[int]:
         """Send every pending voucher, in as many batches as the gas limit needs.
@@ -409,6 +603,7 @@ class LedgerService:
             "next_retry_at": h.retry_at if h.retry_at is not None and h.retry_at > now else None,
             "pending": len(core.pending_vouchers(now)),
             "in_flight": len(core.in_flight()),
+            "claims_in_flight": len(core.live_claims()),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -433,6 +628,7 @@ class LedgerService:
                 }
                 for d in core.missing()
             ],
+            "claims": [claim_view(c) for c in core.recent_claims()],
             "last_error": core.health.last_error,
             "status": self.status(),
             "counters": dict(self.counters),
@@ -450,6 +646,23 @@ def _batch_view(b: Batch) -> dict[str, Any]:
         "block": b.block,
         "error": b.error,
         "created_at": b.created_at,
+    }
+
+
+def claim_view(c: Claim) -> dict[str, Any]:
+    """A claim for ``mask ledger --json`` (amounts as decimal strings)."""
+    return {
+        "job_id": c.job_id,
+        "requester": c.requester,
+        "price": str(c.price),
+        "status": c.state.value,
+        "tx_hash": c.tx_hash,
+        "amount": None if c.amount is None else str(c.amount),
+        "block": c.block,
+        "gas_used": c.gas_used,
+        "reason": c.reason,
+        "error": c.error,
+        "created_at": c.created_at,
     }
 
 
