@@ -35,8 +35,8 @@ $(ANVIL_STAMP): scripts/anvil/package.json scripts/anvil/package-lock.json scrip
 
 anvil: $(ANVIL_STAMP)
 
-# The zero-knowledge toolchain (docs/zkp.md): snarkjs 0.7.6, circom2 0.2.23 and
-# circomlib 2.0.5, `npm ci` from zkp/toolchain/package-lock.json into .zktools/.
+# The zero-knowledge toolchain (docs/zkp.md): snarkjs 0.7.6 and circom2 0.2.23,
+# `npm ci` from zkp/toolchain/package-lock.json into .zktools/.
 # The snarkjs prover and the interop tests run it; verifying needs none of it.
 ZKTOOLS_STAMP := .zktools/.installed-stamp
 $(ZKTOOLS_STAMP): zkp/toolchain/package.json zkp/toolchain/package-lock.json zkp/toolchain/install.sh

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compiles every circuit in circuits/src with the pinned circom2 (--O2) and runs
-# its Groth16 setup with the pinned snarkjs (docs/zkp.md, "Trusted setup"):
+# its Groth16 setup with the pinned snarkjs (docs/zkp.md, "Trusted setup").
+# The circuits include only this project's own templates (circuits/src/lib/:
+# Poseidon, Bits, LessThan/GreaterThan), never circomlib:
 #
 #   circuits/src/NAME.circom + NAME.json (manifest: description, public names,
 #   inputs) -> circuits/build/NAME/{circuit.json, circuit.r1cs, circuit.wasm,
@@ -21,14 +23,13 @@ root="$(cd "$here/.." && pwd)"
 tools="${ZKTOOLS_DIR:-$root/.zktools}"
 snarkjs=(node "$tools/node_modules/snarkjs/build/cli.cjs")
 circom=(node "$tools/node_modules/circom2/cli.js")
-circomlib="$tools/node_modules/circomlib/circuits"
 ptau="$here/ptau/pot12_final.ptau"
 ptau_power=12
 # A public, fixed beacon (the sha256 of this project's name): it cannot be
 # chosen after seeing the contribution, and anyone can replay it.
 beacon="$(printf 'maskd circuits beacon' | sha256sum | cut -d' ' -f1)"
 
-if [ ! -f "$tools/node_modules/snarkjs/build/cli.cjs" ] || [ ! -f "$circomlib/poseidon.circom" ]; then
+if [ ! -f "$tools/node_modules/snarkjs/build/cli.cjs" ] || [ ! -f "$tools/node_modules/circom2/cli.js" ]; then
   echo "error: the zk toolchain is not installed in $tools" >&2
   echo "hint: run 'make zktools' (npm ci of zkp/toolchain/package-lock.json)" >&2
   exit 1
@@ -68,10 +69,10 @@ for name in "${names[@]}"; do
   fi
   echo "== $name"
   # circom2 runs in a WASI sandbox that sees only the current directory:
-  # compile in a scratch dir holding the source and a copy of circomlib.
+  # compile in a scratch dir holding the source and a copy of our lib/.
   cdir="$work/$name"
-  mkdir -p "$cdir/circomlib" "$cdir/out"
-  cp -r "$circomlib" "$cdir/circomlib/circuits"
+  mkdir -p "$cdir/out"
+  cp -r "$here/src/lib" "$cdir/lib"
   cp "$src" "$cdir/circuit.circom"
   (cd "$cdir" && "${circom[@]}" circuit.circom --r1cs --wasm --O2 -o out >/dev/null)
   out="$cdir/out"

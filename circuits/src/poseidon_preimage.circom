@@ -6,7 +6,7 @@ pragma circom 2.0.0;
 // Public signals, in order: hash (output), binding (the job binding,
 // zkp/binding.py: always the last public signal of every circuit).
 
-include "circomlib/circuits/poseidon.circom";
+include "lib/poseidon.circom";
 
 template PoseidonPreimage(n) {
     signal input preimage[n];
@@ -15,7 +15,7 @@ template PoseidonPreimage(n) {
 
     component h = Poseidon(n);
     for (var i = 0; i < n; i++) {
-        h.inputs[i] <== preimage[i];
+        h.in[i] <== preimage[i];
     }
     hash <== h.out;
 

@@ -8,9 +8,9 @@ pragma circom 2.0.0;
 // Public signals, in order: sum, count_above, mean_floor (outputs), then
 // threshold, commitment, binding (public inputs; binding always last).
 
-include "circomlib/circuits/poseidon.circom";
-include "circomlib/circuits/bitify.circom";
-include "circomlib/circuits/comparators.circom";
+include "lib/poseidon.circom";
+include "lib/bits.circom";
+include "lib/compare.circom";
 
 template PrivateStats(n, bits) {
     signal input values[n];
@@ -25,16 +25,16 @@ template PrivateStats(n, bits) {
     // are only sound for inputs of at most `bits` bits.
     component valueRange[n];
     for (var i = 0; i < n; i++) {
-        valueRange[i] = Num2Bits(bits);
+        valueRange[i] = Bits(bits);
         valueRange[i].in <== values[i];
     }
-    component thresholdRange = Num2Bits(bits);
+    component thresholdRange = Bits(bits);
     thresholdRange.in <== threshold;
 
     // The dataset is the one committed to.
     component h = Poseidon(n);
     for (var i = 0; i < n; i++) {
-        h.inputs[i] <== values[i];
+        h.in[i] <== values[i];
     }
     commitment === h.out;
 
@@ -59,13 +59,13 @@ template PrivateStats(n, bits) {
     mean_floor <-- sum \ n;
     remainder <-- sum % n;
     sum === n * mean_floor + remainder;
-    component quotientRange = Num2Bits(bits);
+    component quotientRange = Bits(bits);
     quotientRange.in <== mean_floor;
     component remainderBelow = LessThan(bits);
     remainderBelow.in[0] <== remainder;
     remainderBelow.in[1] <== n;
     remainderBelow.out === 1;
-    component remainderRange = Num2Bits(bits);
+    component remainderRange = Bits(bits);
     remainderRange.in <== remainder;
 
     // Ties the proof to one job (see poseidon_preimage.circom).

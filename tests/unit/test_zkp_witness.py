@@ -92,14 +92,14 @@ def test_private_stats_matches_python_for_any_dataset(values: list[int], thresho
 
 def test_a_value_of_32_bits_or_more_fails_the_range_check() -> None:
     values = [*VALUES[:15], 2**32]
-    with pytest.raises(WitnessError, match="assert failed in template Num2Bits") as info:
+    with pytest.raises(WitnessError, match="assert failed in template Bits") as info:
         compute_witness(STATS, stats_inputs(values))
     assert info.value.code == "witness_assert_failed"
     assert info.value.hint
 
 
 def test_a_threshold_of_32_bits_or_more_fails_the_range_check() -> None:
-    with pytest.raises(WitnessError, match="assert failed in template Num2Bits"):
+    with pytest.raises(WitnessError, match="assert failed in template Bits"):
         compute_witness(STATS, stats_inputs(threshold=2**32))
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the zero-knowledge toolchain (snarkjs 0.7.6, circom2 0.2.23,
-# circomlib 2.0.5) into .zktools/ with `npm ci` from the committed lock file.
+# Installs the zero-knowledge toolchain (snarkjs 0.7.6, circom2 0.2.23) into
+# .zktools/ with `npm ci` from the committed lock file. Both are GPL-3.0 and
+# run only as external programs; the circuits use none of their code (the
+# templates they include are this project's own, circuits/src/lib/).
 # circuits/build.sh compiles and sets up the circuits with it, the snarkjs
 # prover runs it as an external program, and the interop tests check our
 # proofs with it. Nothing here is needed to verify a proof or to prove with the
@@ -15,8 +17,7 @@ snarkjs="$dest/node_modules/snarkjs/build/cli.cjs"
 circom="$dest/node_modules/circom2/cli.js"
 want="$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -d' ' -f1)"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$snarkjs" ] && [ -f "$circom" ] \
-  && [ -f "$dest/node_modules/circomlib/circuits/poseidon.circom" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$snarkjs" ] && [ -f "$circom" ]; then
   touch "$stamp" # newer than the lock file, so make sees it as done
   echo "zktools are up to date in $dest"
   exit 0
@@ -29,14 +30,13 @@ for tool in node npm; do
   fi
 done
 
-echo "installing snarkjs, circom2 and circomlib into $dest (npm ci)"
+echo "installing snarkjs and circom2 into $dest (npm ci)"
 rm -rf "$dest/node_modules" "$stamp"
 mkdir -p "$dest"
 cp "$here/package.json" "$here/package-lock.json" "$dest/"
-# --ignore-scripts: all three are plain JavaScript and WASM and need no install script.
+# --ignore-scripts: both are plain JavaScript and WASM and need no install script.
 (cd "$dest" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 test -f "$snarkjs" && test -f "$circom"
 echo "$want" >"$stamp"
-echo "snarkjs $(node -p "require('$dest/node_modules/snarkjs/package.json').version")," \
-  "circom2 $(node -p "require('$dest/node_modules/circom2/package.json').version")," \
-  "circomlib $(node -p "require('$dest/node_modules/circomlib/package.json').version") installed in $dest"
+echo "snarkjs $(node -p "require('$dest/node_modules/snarkjs/package.json').version")" \
+  "and circom2 $(node -p "require('$dest/node_modules/circom2/package.json').version") installed in $dest"
