@@ -3,7 +3,8 @@
 Our witnesses equal snarkjs's ``wtns calculate``; proofs from our native
 prover verify in ``snarkjs groth16 verify`` (and a changed public signal does
 not); snarkjs's own proofs (the ``snarkjs`` prover) verify in zkp.verify on
-both backends. ``make test`` installs the toolchain, so a missing one is a
+both backends. Our Poseidon template, compiled by circom2 at other widths than
+the shipped circuits use, hashes as zkp.poseidon does. ``make test`` installs the toolchain, so a missing one is a
 failure, not a skip; ``MASK_SKIP_ZKTOOLS=1`` skips this file where Node.js is
 not available.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from zkp.binding import SNARK_SCALAR_FIELD
 from zkp.circuit import load_circuit, shipped_circuits
 from zkp.formats import proof_to_json, public_to_json
 from zkp.poseidon import poseidon
@@ -151,3 +153,39 @@ def test_the_shipped_verification_keys_are_the_zkeys(snarkjs: list[str], tmp_pat
 def test_the_snarkjs_prover_passes_its_start_check(snarkjs: list[str]) -> None:
     (result,) = check_provers([SnarkjsProver()])
     assert result.ok, result.reason
+
+
+POSEIDON_WIDTHS = (1, 4, 7, 12)  # the shipped circuits hash 2 and 16 inputs
+POSEIDON_TEST = """pragma circom 2.0.0;
+include "lib/poseidon.circom";
+template Widths() {
+    signal input in[16];
+    signal output out[%(count)d];
+    component h[%(count)d];
+%(body)s}
+component main = Widths();
+"""
+
+
+def test_our_poseidon_template_hashes_as_zkp_poseidon_at_other_widths(
+    snarkjs: list[str], tmp_path: Path
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "circuits" / "src" / "lib", tmp_path / "lib")
+    body = ""
+    for k, n in enumerate(POSEIDON_WIDTHS):
+        body += f"    h[{k}] = Poseidon({n});\n"
+        body += f"    for (var i = 0; i < {n}; i++) {{ h[{k}].in[i] <== in[i]; }}\n"
+        body += f"    out[{k}] <== h[{k}].out;\n"
+    source = POSEIDON_TEST % {"count": len(POSEIDON_WIDTHS), "body": body}
+    (tmp_path / "widths.circom").write_text(source)
+    circom = zktools_dir() / "node_modules" / "circom2" / "cli.js"
+    # circom2 sees only its working directory: lib/ is copied next to the source.
+    done = run([snarkjs[0], str(circom), "widths.circom", "--wasm", "-o", "."], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    wasm = tmp_path / "widths_js" / "widths.wasm"
+    for seed in (1, 2):
+        values = [pow(3 + seed, 101 + i, SNARK_SCALAR_FIELD) for i in range(16)]
+        witness = compute_witness(wasm, {"in": values})
+        expected = [poseidon(values[:n]) for n in POSEIDON_WIDTHS]
+        assert witness[1 : 1 + len(POSEIDON_WIDTHS)] == expected
