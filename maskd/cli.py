@@ -187,6 +187,7 @@ def top(state: CliState) -> None:
 # Command groups that live in their own modules.
 from maskd.cli_devnet import demo as _demo  # noqa: E402
 from maskd.cli_devnet import devnet as _devnet  # noqa: E402
+from maskd.cli_gateway import register as _register_gateway  # noqa: E402
 from maskd.cli_jobs import register as _register_jobs  # noqa: E402
 from maskd.cli_storage import register as _register_storage  # noqa: E402
 from maskd.cli_wallet import register as _register_wallet  # noqa: E402
@@ -198,6 +199,7 @@ _register_storage(main)
 _register_jobs(main)
 _register_wallet(main)
 _register_zk(main)
+_register_gateway(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -133,6 +133,18 @@ class LedgerConfig(_Section):
     embedded_deposit: str = "1000000000000000000000"
 
 
+class GatewayConfig(_Section):
+    enabled: bool = False
+    requests: str = ""
+    poll_interval_s: float = 5.0
+    max_open: int = 4
+    min_payment: str = "1"
+    circuits_dir: str = ""
+    fulfil_margin_s: int = 60
+    min_time_left_s: int = 180
+    from_block: int = 0
+
+
 class Config(_Section):
     node: NodeConfig = NodeConfig()
     identity: IdentityConfig = IdentityConfig()
@@ -144,6 +156,7 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     chain: ChainConfig = ChainConfig()
     ledger: LedgerConfig = LedgerConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
     # -- derived paths --------------------------------------------------
     @property
@@ -328,6 +341,60 @@ def _check_chain(cfg: Config, bad: Any) -> None:
         )
 
 
+def _check_gateway(cfg: Config, bad: Any) -> None:
+    gw = cfg.gateway
+    if gw.requests and not _ADDRESS.match(gw.requests):
+        raise bad(
+            "gateway.requests",
+            f"{gw.requests[:64]!r} is not a 0x address",
+            "the ComputeRequests contract's address: 40 hex digits after 0x",
+        )
+    if not gw.poll_interval_s > 0:
+        raise bad(
+            "gateway.poll_interval_s",
+            f"must be greater than 0, got {gw.poll_interval_s}",
+            "e.g. 5.0 (seconds between looks at the chain)",
+        )
+    for key, value, lo, hi in (
+        ("gateway.max_open", gw.max_open, 1, 1000),
+        ("gateway.fulfil_margin_s", gw.fulfil_margin_s, 1, 86400),
+        ("gateway.min_time_left_s", gw.min_time_left_s, 2, 30 * 86400),
+        ("gateway.from_block", gw.from_block, 0, (1 << 63) - 1),
+    ):
+        if not lo <= value <= hi:
+            raise bad(
+                key, f"must be between {lo} and {hi}, got {value}", "see configs/default.toml"
+            )
+    if gw.min_time_left_s <= gw.fulfil_margin_s:
+        raise bad(
+            "gateway.min_time_left_s",
+            f"{gw.min_time_left_s} s leaves no time for the job after gateway.fulfil_margin_s "
+            f"({gw.fulfil_margin_s} s)",
+            "make min_time_left_s larger than fulfil_margin_s by the time a proof takes",
+        )
+    if not _DIGITS.match(gw.min_payment):
+        raise bad(
+            "gateway.min_payment",
+            f"{gw.min_payment[:64]!r} is not a whole number of base units",
+            'a decimal string, e.g. "1000000000000000000" (1 MASK)',
+        )
+    if not gw.enabled:
+        return
+    if cfg.chain.backend == "off":
+        raise bad(
+            "gateway.enabled",
+            "the gateway reads requests from the chain and sends fulfill, but chain.backend is off",
+            'set [chain] backend = "embedded" or "rpc", or gateway.enabled = false',
+        )
+    if cfg.chain.backend == "rpc" and not gw.requests:
+        raise bad(
+            "gateway.requests",
+            "the rpc backend needs the ComputeRequests address",
+            "set gateway.requests (ledger.deploy returns it as `requests`; `mask devnet up` "
+            "deploys it beside the escrow)",
+        )
+
+
 def _check_meaning(cfg: Config) -> None:
     from multiaddr import Multiaddr
 
@@ -423,6 +490,7 @@ def _check_meaning(cfg: Config) -> None:
             'the Kubo RPC API address, e.g. "http://127.0.0.1:5001"',
         )
     _check_chain(cfg, bad)
+    _check_gateway(cfg, bad)
     if cfg.identity.scrypt_n & (cfg.identity.scrypt_n - 1):
         raise bad(
             "identity.scrypt_n",

@@ -8,6 +8,8 @@ only builds the collaborators the shells ask for and connects them:
 - ``maskd.wasm_worker``: the provider's sandboxed runs (``maskd.zk_worker``
   proves zk-groth16 jobs, offered once a prover passed its start check);
 - ``maskd.jobs_rpc``: the ``v1.jobs.*`` RPC methods;
+- ``maskd.gateway``: ``[gateway]``, DApps' on-chain requests placed as
+  relayed zk jobs and fulfilled on chain (``v1.gateway.show``);
 - ``scheduler.async_store.ThreadedStore``: the one way into the job store.
 
 A job bundle is a UnixFS directory: ``job.json`` (the normalised spec),
@@ -28,6 +30,7 @@ from typing import Any
 
 import trio
 
+from maskd.gateway import Gateway
 from maskd.jobfiles import BundleCache, PrivateFiles, Sweeper
 from maskd.jobs_rpc import JobsRpc
 from maskd.market_link import MarketRouter, MarketTransport, MeshGossip
@@ -183,6 +186,21 @@ class Jobs:
             stats=self._stats,
             payment_state=money.payment_state,
         )
+        # [gateway]: DApps' on-chain requests placed as relayed zk jobs (off by default)
+        self.gateway = Gateway(
+            cfg,
+            money=money,
+            account_key=ident.account_key,
+            jobs_store=self.store,
+            submit_spec=self.rpc.submit_spec,
+            cancel_job=self.requester.cancel,
+            result_car=self.private.result,
+            storage=node.storage,
+            connected_peers=lambda: [v.peer_id for v in mesh.peers()],
+            work_dir=self.dir,
+            supervisor=self.supervisor,
+            clock=clock,
+        )
         mesh.set_stream_handler(MARKET_PROTOCOL, self.router.handle)
         mesh.set_stream_handler(JOB_PROTOCOL, self.handle_job_stream)
 
@@ -235,6 +253,7 @@ class Jobs:
             await self.requester.resume(await self.store.open_jobs(role="requester"))
             if self.provider is not None:
                 await self.provider.resume(await self.store.open_jobs(role="provider"))
+            await nursery.start(self.gateway.run)  # after the requester resumed its jobs
             task_status.started()
 
     def validate_bid(self, data: bytes, source: str, now: float) -> tuple[str, str]:
@@ -257,4 +276,4 @@ class Jobs:
         }
 
     def rpc_methods(self) -> dict:
-        return self.rpc.methods()
+        return {**self.rpc.methods(), **self.gateway.rpc_methods()}
