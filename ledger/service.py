@@ -224,6 +224,10 @@ class LedgerService:
     def owed_by(self, requester: str, running: int = 0) -> int:
         return self.core.owed_by(requester, running)
 
+    async def call_store(self, fn: Callable[[LedgerStore], Any]) -> Any:
+        """Any other store call (the requester's side of claims), through the facade."""
+        return await self._db.call(fn)
+
     def standing(self, requester: str) -> Standing:
         return self.core.standing(requester)
 

@@ -171,6 +171,9 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
         c.print(_field("usage", data["usage"]))
     for label, value in render.zk_rows(data):
         c.print(_field(label, value))
+    payment = _payment(data.get("payment"))
+    if payment:
+        c.print(_field("payment", payment))
     if data.get("error"):
         c.print(_field("error", _error(data["error"]), style="bold red"))
         if data.get("output_cid") and not logs:
@@ -183,6 +186,28 @@ def job(state, job_id: str, as_json: bool, follow: bool, logs: bool) -> None:
         c.print(Text(f"{'':>16} {_clock(t.get('at'))} ") + render.untrusted(moved))
     if logs:
         _print_logs(c, data["logs"])
+
+
+def _payment(payment: Any) -> str:
+    """How the job was paid, when it was not the usual voucher (zk claims on chain)."""
+    if not isinstance(payment, dict):
+        return ""
+    state = payment.get("state")
+    if state == "paid_by_proof":  # requester: a provider claimed it with its proof
+        claims = payment.get("claims") if isinstance(payment.get("claims"), list) else []
+        paid = ", ".join(
+            f"{c.get('amount')} base units to {c.get('provider')}"
+            for c in claims
+            if isinstance(c, dict)
+        )
+        return f"paid on chain by the provider's proof ({paid})"
+    claim = payment.get("claim") if isinstance(payment.get("claim"), dict) else None
+    if state == "paid_by_claim" and claim:
+        return f"paid on chain by this provider's proof ({claim.get('amount')} base units)"
+    if claim:
+        reason = f": {claim.get('reason')}" if claim.get("reason") else ""
+        return f"{state}; claim on chain with the proof {claim.get('status')}{reason}"
+    return ""
 
 
 def _error(error: Any) -> Any:

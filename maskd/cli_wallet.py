@@ -255,7 +255,41 @@ def ledger_view(data: dict[str, Any], now: float) -> Group:
             render.untrusted(mask_and_base(m.get("price"))),
             format_when(m.get("due_at"), now),
         )
-    return Group(head, ch, batches_table(data.get("batches")), miss)
+    parts = [head, ch, batches_table(data.get("batches")), miss]
+    claims = data.get("claims") if isinstance(data.get("claims"), list) else []
+    claims = [c for c in claims if isinstance(c, dict)]
+    if claims:  # zk jobs claimed on chain with this provider's proof
+        table = Table(title="claims on chain: " + _count(len(claims), "job"), title_justify="left")
+        for col in ("job", "requester", "price", "status", "tx hash", "reason"):
+            table.add_column(col)
+        for c in claims:
+            table.add_row(
+                render.untrusted(c.get("job_id") or render.DASH),
+                render.untrusted(c.get("requester") or render.DASH),
+                render.untrusted(mask_and_base(c.get("price"))),
+                render.untrusted(c.get("status") or render.DASH),
+                render.untrusted(c.get("tx_hash") or render.DASH),
+                render.untrusted(c.get("reason") or render.DASH),
+            )
+        parts.append(table)
+    seen = data.get("claims_seen") if isinstance(data.get("claims_seen"), list) else []
+    seen = [c for c in seen if isinstance(c, dict)]
+    if seen:  # our jobs, paid on chain by the provider's proof
+        table = Table(
+            title="paid on chain by the provider's proof: " + _count(len(seen), "job"),
+            title_justify="left",
+        )
+        for col in ("job", "provider", "amount", "tx hash"):
+            table.add_column(col)
+        for c in seen:
+            table.add_row(
+                render.untrusted(c.get("job_id") or render.DASH),
+                render.untrusted(c.get("provider") or render.DASH),
+                render.untrusted(mask_and_base(c.get("amount"))),
+                render.untrusted(c.get("tx_hash") or render.DASH),
+            )
+        parts.append(table)
+    return Group(*parts)
 
 
 def _stdin_is_terminal() -> bool:

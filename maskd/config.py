@@ -131,6 +131,7 @@ class LedgerConfig(_Section):
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
     embedded_deposit: str = "1000000000000000000000"
+    zk_claims: bool = True
 
 
 class GatewayConfig(_Section):

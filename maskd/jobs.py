@@ -201,6 +201,8 @@ class Jobs:
             supervisor=self.supervisor,
             clock=clock,
         )
+        # zk claims: evidence from this job store and its results; ProofClaimed -> channels
+        money.attach_jobs(self.store, self.private, self.requester)
         mesh.set_stream_handler(MARKET_PROTOCOL, self.router.handle)
         mesh.set_stream_handler(JOB_PROTOCOL, self.handle_job_stream)
 
@@ -249,7 +251,9 @@ class Jobs:
             if self.provider is not None:
                 await nursery.start(self.provider.run)
                 nursery.start_soon(self.check_zk)
-            await self.requester.load_channels(await self.store.owed())
+            # owed rows, and the jobs providers were paid for on chain by their proofs
+            owed = self._node_money.claims_owed(await self.store.owed())
+            await self.requester.load_channels(owed)
             await self.requester.resume(await self.store.open_jobs(role="requester"))
             if self.provider is not None:
                 await self.provider.resume(await self.store.open_jobs(role="provider"))

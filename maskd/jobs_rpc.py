@@ -94,7 +94,7 @@ class JobsRpc:
         work_dir: Path,
         clock: Callable[[], float],
         stats: Callable[[], dict],
-        payment_state: Callable[[str], dict | None] = lambda job_id: None,
+        payment_state: Callable[..., dict | None] = lambda job_id, role="provider": None,
     ):
         self.store = store
         self.requester = requester
@@ -250,6 +250,8 @@ class JobsRpc:
     async def get(self, params: dict) -> dict:
         row = await self._row(params)
         out = job_json(row)
+        # how it was paid: a voucher, or on chain by the provider's proof (zk claims)
+        out["payment"] = self._payment_state(row.job_id, row.role)
         out["transitions"] = [
             {"from": str(t.from_state), "event": str(t.event), "to": str(t.to_state), "at": t.at}
             for t in await self.store.transitions(row.job_id, role=row.role)
@@ -380,6 +382,17 @@ def provider_explanation(row: JobRow, payment: dict | None) -> dict:
         lines.append("payment: none expected (no chain, or no result delivered)")
     elif payment["state"] == "paid":
         lines.append("payment: paid by the requester's voucher")
+    elif payment["state"] == "paid_by_claim":
+        lines.append(
+            f"payment: paid on chain by this provider's proof (claimWithProof, "
+            f"{payment['claim'].get('amount')} base units, {payment['claim'].get('tx_hash')})"
+        )
+    elif payment["state"] == "claim_refused":
+        claim = payment["claim"]
+        lines.append(
+            f"payment: none: the chain refused this provider's claim ({claim.get('reason')}: "
+            f"{claim.get('error')}); the job is no longer counted against the requester"
+        )
     elif payment["state"] == "awaiting_voucher":
         lines.append(
             f"payment: waiting for the requester's voucher for {payment['price']} base units"
@@ -389,6 +402,10 @@ def provider_explanation(row: JobRow, payment: dict | None) -> dict:
             f"payment: {payment['state']}: the requester has not sent a voucher covering "
             f"{payment['price']} base units (its standing here drops; `mask ledger` lists it)"
         )
+        claim = payment.get("claim")
+        if isinstance(claim, dict):
+            why = f" ({claim.get('reason')}: {claim.get('error')})" if claim.get("reason") else ""
+            lines.append(f"claim on chain with the proof: {claim.get('status')}{why}")
     return {
         "job_id": row.job_id,
         "role": "provider",

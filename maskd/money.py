@@ -13,8 +13,14 @@ This module only wires what ``ledger/`` provides (docs/ledger.md):
   queues settlements while the chain is unreachable, and connects when it can;
 - :class:`ledger.service.LedgerService`, the provider's ledger and batcher;
 - the provider side of ``scheduler.market.Ledger`` (escrow reads for quotes,
-  expected payments, incoming vouchers) and the ``v1.wallet.*`` /
-  ``v1.ledger.*`` RPC methods.
+  expected payments, incoming vouchers, results the requester disputed) and
+  the ``v1.wallet.*`` / ``v1.ledger.*`` RPC methods;
+- zk claims (docs/ledger.md, "Claims in the daemon"), from ``maskd.zk_claims``:
+  the ledger claims a ``voucher_missing`` zk job on chain through a
+  :class:`~maskd.zk_claims.ClaimLink` (evidence from this node's records, the
+  circuit registered lazily), and a :class:`~maskd.zk_claims.ClaimWatcher`
+  polls the escrow's ``ProofClaimed`` events for this account's jobs as a
+  requester, so its next voucher counts what the contract already paid.
 
 The EIP-712 domain (chain id and escrow address) is known before the chain is
 reached: from the config for ``rpc``, and for ``embedded`` from the deployer
@@ -40,6 +46,7 @@ from ledger.core import LedgerConfig as CoreLedgerConfig
 from ledger.core import LedgerError, backoff_delay
 from ledger.ports import ChainError, SettleReceipt
 from ledger.vouchers import Domain, SignedVoucher, checksum
+from maskd.zk_claims import ClaimLink, ClaimWatcher
 from protocol.errors import RpcError
 from scheduler.provider import Funds
 
@@ -198,12 +205,16 @@ class Money:
         self.ledger: Any = None
         self._port: _Connecting | None = None
         self._limiter = trio.CapacityLimiter(1 if self.backend == "embedded" else 4)
+        self._jobs_store: Any = None  # the job store, once maskd.jobs attaches it
+        self.claim_link: ClaimLink | None = None
+        self.claim_watcher: ClaimWatcher | None = None
         if self.enabled:
             from ledger.service import LedgerService
             from ledger.store import LedgerStore, ThreadedLedgerStore
 
             lc = config.ledger
             self._port = _Connecting(self.domain)
+            self.claim_link = ClaimLink(self.address)
             store_dir = data_path / "ledger"
             store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.ledger = LedgerService(
@@ -219,10 +230,16 @@ class Money:
                     retry_base_s=lc.retry_base_s,
                     retry_max_s=lc.retry_max_s,
                     poll_interval_s=config.chain.poll_interval_s,
+                    zk_claims=lc.zk_claims,
                 ),
                 provider=self.address,
                 clock=clock,
                 random=self._rng,
+                claims=self.claim_link,
+            )
+            self.claim_link.counters = self.ledger.counters
+            self.claim_watcher = ClaimWatcher(
+                self.address, self.ledger.call_store, clock=clock, counters=self.ledger.counters
             )
 
     # ------------------------------------------------------------------ run
@@ -232,9 +249,27 @@ class Money:
             await trio.sleep_forever()
         async with trio.open_nursery() as nursery:
             await self.ledger.load()
+            assert self.claim_watcher is not None
+            await self.claim_watcher.load()
             await nursery.start(self.ledger.run)
             task_status.started()
             await self._connect()
+            await self.claim_watcher.run(self.chain_cfg.poll_interval_s)
+
+    def attach_jobs(self, store: Any, private: Any, requester: Any) -> None:
+        """The job side (maskd.jobs): the job store (agreements, results' CIDs),
+        the stored results (proofs) and the requester service (its channels)."""
+        self._jobs_store = store
+        if self.claim_link is not None and self.claim_watcher is not None:
+            self.claim_link.attach_jobs(store, private)
+            self.claim_watcher.attach_jobs(store, lambda: requester.core.channels)
+
+    def claims_owed(self, owed: Any) -> list[Any]:
+        """The owed rows and the jobs providers were paid for on chain by their
+        proofs (``ClaimWatcher.claims_owed``): what the channels start from."""
+        if self.claim_watcher is None:
+            return list(owed)
+        return self.claim_watcher.claims_owed(owed)
 
     async def _connect(self) -> None:
         """Reach the chain (retrying with back-off while it cannot be reached),
@@ -263,6 +298,20 @@ class Money:
         self.escrow = ChainEscrow(chain, self.token, self.domain.escrow, self._key, self._limiter)
         assert self._port is not None
         self._port.attach(self.escrow)
+        from ledger.zkchain import ZkChain
+
+        zk = ZkChain(
+            chain,
+            self.token,
+            self.domain.escrow,
+            None,
+            self._key,
+            self._limiter,
+            sender=self.escrow.sender,
+        )
+        assert self.claim_link is not None and self.claim_watcher is not None
+        self.claim_link.connect(chain, self.escrow.sender, zk, self.domain.escrow)
+        self.claim_watcher.connect(zk, self.escrow.block_number)
         self.connected.set()
         self.ledger.chain_reachable()  # the "not connected yet" retries are over
         await self._read_stake()
@@ -343,6 +392,10 @@ class Money:
     async def withdraw(self, job_id: str) -> None:
         await self.ledger.withdraw(job_id)
 
+    async def dispute(self, job_id: str, requester_peer: str) -> None:
+        """The requester refused a delivered result: a zk job goes to its claim."""
+        await self.ledger.dispute(job_id, requester_peer)
+
     async def payment(self, source: str, payment: Any) -> None:
         verdict = await self.ledger.payment(
             payment.job_id, source, payment.cumulative, payment.signature
@@ -355,23 +408,38 @@ class Money:
         if penalty is not None:
             self._penalise(source, penalty)
 
-    def payment_state(self, job_id: str) -> dict | None:
-        """A delivered job's payment, for ``mask explain`` on the provider: None when
-        the ledger never expected a voucher for it (not run here, or no chain)."""
+    def payment_state(self, job_id: str, role: str = "provider") -> dict | None:
+        """A job's payment, for ``mask job`` and ``mask explain``: None when none
+        was expected (not run here, or no chain). As a requester, only a job a
+        provider was paid for on chain by its proof has one (``paid_by_proof``)."""
         if not self.enabled or self.ledger is None or self.ledger._core is None:
             return None
+        if role == "requester":
+            assert self.claim_watcher is not None
+            return self.claim_watcher.payment_state(job_id)
+        from ledger.core import ClaimState
+        from ledger.service import claim_view
+
         core = self.ledger.core
+        claim = core.claim(job_id)
         d = core.delivery(job_id)
         if d is not None:
             state = "voucher_missing" if d.missing_at is not None else "awaiting_voucher"
             if d.underpaid_at is not None:
                 state = "underpaid"
-            return {
+            out = {
                 "state": state,
                 "requester": d.requester,
                 "price": str(d.price),
                 "due_at": d.due_at,
             }
+            if claim is not None:
+                out["claim"] = claim_view(claim)
+            return out
+        if claim is not None and claim.state is ClaimState.PAID:
+            return {"state": "paid_by_claim", "claim": claim_view(claim)}
+        if claim is not None and claim.state is ClaimState.REVERTED:
+            return {"state": "claim_refused", "claim": claim_view(claim)}
         if core.knows(job_id):
             return {"state": "paid"}
         return None
@@ -438,7 +506,13 @@ class Money:
         }
 
     async def _channels_out(self, escrow: Any) -> list[dict]:
-        totals: dict[str, int] = await self._owed_out() if self._owed_out else {}
+        totals: dict[str, int] = dict(await self._owed_out()) if self._owed_out else {}
+        if self.claim_watcher and self.claim_watcher.seen and self._jobs_store is not None:
+            owed = await self._jobs_store.owed()
+            for entry in self.claims_owed(owed)[len(owed) :]:  # paid on chain, owed nothing
+                key = next((k for k in totals if k.lower() == entry.provider_account.lower()), None)
+                key = key or entry.provider_account
+                totals[key] = totals.get(key, 0) + int(entry.amount)
         rows = []
         for provider, cumulative in sorted(totals.items())[:MAX_CHANNELS_READ]:
             settled = await escrow.settled(self.address, provider) if escrow else None
@@ -527,6 +601,8 @@ class Money:
                 "batches": [],
                 "pending_vouchers": [],
                 "missing": [],
+                "claims": [],
+                "claims_seen": [],
                 "status": off,
             }
         snap = self.ledger.snapshot()
@@ -546,6 +622,8 @@ class Money:
             "batches": snap["batches"],
             "pending_vouchers": snap["pending_vouchers"],
             "missing": snap["missing"],
+            "claims": snap["claims"],
+            "claims_seen": self.claim_watcher.view() if self.claim_watcher else [],
             "status": status,
             "counters": snap["counters"],
         }

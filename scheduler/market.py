@@ -109,6 +109,10 @@ class Ledger(Protocol):
         """The job ended here without its result reaching the requester: no
         voucher is due for it after all."""
 
+    async def dispute(self, job_id: str, requester_peer: str) -> None:
+        """``requester_peer`` refused the job's delivered result: its voucher is
+        missing now (a zk job is claimed on chain). Never raises for bad input."""
+
 
 class _Shell:
     """The loop both services share: inbox or timer -> core -> commands in order."""
@@ -476,6 +480,9 @@ class ProviderService(_Shell):
         elif isinstance(cmd, pv.ForwardPayment):
             if self._ledger is not None:
                 await self._ledger.payment(cmd.source, cmd.payment)
+        elif isinstance(cmd, pv.DisputePayment):
+            if self._ledger is not None:
+                await self._ledger.dispute(cmd.job_id, cmd.requester_peer)
         elif isinstance(cmd, pv.FetchPayload):
             self._payloads[cmd.job_id] = cmd
         elif isinstance(cmd, pv.StartExecution):

@@ -75,6 +75,7 @@ from scheduler.store import CreateJob, JobRow, RecordTransition
 
 __all__ = [
     "AbortExecution",
+    "DisputePayment",
     "ExpectPayment",
     "ForwardPayment",
     "Funds",
@@ -168,6 +169,16 @@ class WithdrawPayment:
 
 
 @dataclass(frozen=True, slots=True)
+class DisputePayment:
+    """The requester refused a result that went out (``Cancel(verification_failed)``
+    after the job ended here): no voucher will come, so the ledger treats the job
+    as ``voucher_missing`` now (a zk job goes to its on-chain claim)."""
+
+    job_id: str
+    requester_peer: str
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardPayment:
     """A requester's ``Payment``: the ledger checks and keeps the voucher."""
 
@@ -228,6 +239,7 @@ class StoreOutput:
 ProviderCommand = (
     ExpectPayment
     | WithdrawPayment
+    | DisputePayment
     | ForwardPayment
     | CreateJob
     | RecordTransition
@@ -541,6 +553,11 @@ class ProviderCore:
             self._drop_quote((source, c.job_id))
             self.counters["quote_released"] += 1
             return []
+        if job is None and c.reason == "verification_failed" and self.config.paid:
+            # the result went out and the requester refused it: the ledger checks
+            # that the job was delivered to ``source`` (its requester) and claims it
+            self.counters["result_disputed"] += 1
+            return [DisputePayment(c.job_id, source)]
         self.counters["cancel_ignored"] += 1
         return []
 

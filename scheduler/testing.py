@@ -222,6 +222,7 @@ class FakeLedger:
         self.expected: list[tuple[str, str, str, int]] = []
         self.payments: list[tuple[str, Any]] = []
         self.withdrawn: list[str] = []
+        self.disputed: list[tuple[str, str]] = []
         self.changed = trio.Event()
         self.release = trio.Event()  # refreshes wait for this when ``hold`` is set
         self.hold = False
@@ -247,6 +248,9 @@ class FakeLedger:
 
     async def withdraw(self, job_id: str) -> None:
         self.withdrawn.append(job_id)
+
+    async def dispute(self, job_id: str, requester_peer: str) -> None:
+        self.disputed.append((job_id, requester_peer))
 
     async def payment(self, source: str, payment: Any) -> None:
         self.payments.append((source, payment))

@@ -226,3 +226,22 @@ def test_the_requester_side_keeps_each_proof_claimed_once_and_its_cursor(tmp_pat
         store.set_cursor("proof_claimed", 8)
         store.set_cursor("proof_claimed", 9)
         assert store.seen_claims() == [seen] and store.cursor("proof_claimed") == 9
+
+
+# --- the provider core's hook ----------------------------------------------------------
+
+
+def test_a_result_the_requester_refused_is_disputed_to_the_ledger():
+    from protocol.market import Cancel
+    from scheduler.provider import DisputePayment
+    from tests.unit.test_market_money import P1, T0, R, provider, requester, run_job
+
+    prov = provider(P1)
+    job_id, *_ = run_job(requester(), prov, P1)
+    refused = Cancel(job_id=job_id, peer_id=R.peer_id, reason="verification_failed")
+    # the ledger checks that R is the job's requester (LedgerCore.dispute)
+    assert prov.handle_message(R.peer_id, refused, T0 + 5) == [DisputePayment(job_id, R.peer_id)]
+    released = Cancel(job_id=job_id, peer_id=R.peer_id, reason="released")
+    assert prov.handle_message(R.peer_id, released, T0 + 5) == []
+    unpaid = provider(P1, paid=False)
+    assert unpaid.handle_message(R.peer_id, refused, T0 + 5) == []
