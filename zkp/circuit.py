@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.codec import NestingTooDeep, check_nesting
 from protocol.errors import MaskError
 from zkp.formats import VerifyingKey, ZkFormatError, parse_vk
 
@@ -65,6 +66,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _SIGNAL = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,127}")
 _MAX_DESCRIPTION = 2000
 _MAX_SIGNALS = 1024
+_MAX_JSON_DEPTH = 16  # circuit.json nests 3 levels, verification_key.json 4
 _HINT_BUILD = (
     "a circuit directory holds circuit.json, circuit.r1cs, circuit.wasm, circuit.zkey and "
     "verification_key.json as circuits/build.sh writes them (docs/zkp.md)"
@@ -177,6 +179,16 @@ def _read_json(path: Path, cap: int) -> object:
         raise CircuitError(f"cannot read {path.name}: {e.strerror}") from None
     if len(data) > cap:
         raise CircuitError(f"{path.name} grew past the {cap}-byte limit while read")
+    # bounded before the parser recurses: py-ecc raises Python's recursion
+    # limit to 100,000, so json's own RecursionError would come only after the
+    # C stack overflowed (a requester's verification_key.json of 100,000
+    # brackets segfaulted the test process, and would a provider)
+    try:
+        check_nesting(data, _MAX_JSON_DEPTH, fmt="json")
+    except NestingTooDeep:
+        raise CircuitError(
+            f"{path.name} is not JSON: nested deeper than {_MAX_JSON_DEPTH} levels"
+        ) from None
     try:
         return json.loads(data)
     except RecursionError:

@@ -260,3 +260,28 @@ def test_poseidon_refuses_what_circomlib_cannot_hash() -> None:
     for bad in ([], list(range(17)), [SNARK_SCALAR_FIELD], [-1], [True], ["1"]):
         with pytest.raises(ValueError):
             poseidon(bad)
+
+
+def test_deep_json_in_a_circuit_is_refused_once_py_ecc_raised_the_recursion_limit(
+    circuit_dir: Path,
+) -> None:
+    """A requester's verification_key.json of 100,000 brackets, read in a process
+    where py-ecc has raised the recursion limit (as in every daemon): refused
+    with a reason, not a segfault (it crashed the test process once). In a
+    child process, so a regression fails this test rather than the whole run."""
+    import subprocess
+    import sys
+
+    (circuit_dir / "verification_key.json").write_text("[" * 100_000)
+    script = (
+        "import sys, py_ecc.optimized_bn128\n"
+        "assert sys.getrecursionlimit() >= 100_000\n"
+        "from zkp.circuit import CircuitError, load_circuit\n"
+        "try:\n"
+        f"    load_circuit({str(circuit_dir)!r})\n"
+        "except CircuitError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "refused: verification_key.json is not JSON: nested deeper than" in run.stdout
