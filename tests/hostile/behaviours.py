@@ -155,6 +155,66 @@ def provider_result_declares_a_billion_files() -> None:
     _result_mutation(build)
 
 
+# ------------------------------------------------------------- zk jobs
+
+
+def _random_proof():
+    """A well-formed Groth16 proof of nothing: random points of the right groups."""
+    import secrets
+
+    from zkp import backends
+    from zkp.formats import SCALAR_FIELD, Proof
+
+    curve = backends.load(backends.installed()[0])
+
+    def k() -> int:
+        return 1 + secrets.randbelow(SCALAR_FIELD - 1)
+
+    return Proof(a=curve.g1_mul(k()), b=curve.g2_mul(k()), c=curve.g1_mul(k()))
+
+
+@behaviour
+def zk_wrong_output() -> None:
+    """A provider that proves honestly, then changes the first public output and
+    sends a made-up proof for it: its first zk job carries the honest proof (of
+    the true output), every later one a random proof. It signs zk_result.json
+    over what it sends as usual, so the result is slashable evidence."""
+    import dataclasses
+
+    from worker import zk
+    from zkp.formats import SCALAR_FIELD
+
+    honest = zk.prove_job
+    jobs = {"n": 0}
+
+    def lying(*args, **kwargs):
+        proved = honest(*args, **kwargs)
+        jobs["n"] += 1
+        public = list(proved.public)
+        public[0] = (public[0] + 1) % SCALAR_FIELD  # the first output, still a field element
+        proof = proved.proof if jobs["n"] == 1 else _random_proof()
+        return dataclasses.replace(proved, proof=proof, public=tuple(public))
+
+    zk.prove_job = lying
+
+
+@behaviour
+def zk_refuse_pay() -> None:
+    """A requester that checks the proofs it receives (and records what it owes)
+    but never sends a voucher: every Payment it would send is dropped."""
+    from scheduler import requester as rq
+    from scheduler.market import RequesterService
+
+    honest = RequesterService._execute
+
+    async def stingy(self, cmds, now):
+        withheld = [c for c in cmds if isinstance(c, rq.SendPayment)]
+        self.core.counters["payments_withheld"] += len(withheld)
+        await honest(self, [c for c in cmds if not isinstance(c, rq.SendPayment)], now)
+
+    RequesterService._execute = stingy
+
+
 # ------------------------------------------------------------ node tasks
 
 
