@@ -402,6 +402,12 @@ class LedgerService:
                 await self._put(LedgerStore.add_claim, claim, evidence)
                 self.counters["claims_opened"] += 1
         for claim in core.live_claims(ClaimState.PLANNED):
+            if core.delivery(claim.job_id) is None:
+                # a voucher paid it before the claim went out: sending it now would
+                # pay the job a second time (the contract cannot tell)
+                error = "a voucher paid the job before its claim was sent"
+                await self._end_claim(core.claim_failed, claim.job_id, "paid_by_voucher", error)
+                continue
             if not await self._send_claim(claim):
                 return
 

@@ -371,7 +371,14 @@ class ClaimWatcher:
         self.seen[(job_id, provider.lower())] = seen
         self.counters["proofs_claimed_seen"] += 1
         log.info("job %s was paid on chain by %s's proof (%d)", job_id, provider, seen.amount)
-        if not owed and self._channels is not None:
+        if owed:
+            # we owed it by voucher already: not counted twice, but a claim for a
+            # job we paid means the provider was paid ahead (docs/ledger.md)
+            self.counters["proofs_claimed_owed"] += 1
+            log.warning(
+                "job %s was claimed on chain by %s though we owe it a voucher", job_id, provider
+            )
+        elif self._channels is not None:
             channels = self._channels()
             key = next((k for k in channels if k.lower() == provider.lower()), provider)
             channels[key] = channels.get(key, 0) + seen.amount

@@ -245,3 +245,110 @@ def test_a_result_the_requester_refused_is_disputed_to_the_ledger():
     assert prov.handle_message(R.peer_id, released, T0 + 5) == []
     unpaid = provider(P1, paid=False)
     assert unpaid.handle_message(R.peer_id, refused, T0 + 5) == []
+
+
+# --- the service's claim loop, with fakes (virtual time) ------------------------------
+
+
+class FakeClaims:
+    """A ClaimPort: ``fail`` transient errors first, receipts held back while ``mining`` is False."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.fail = 0
+        self.mining = True
+        self.on_chain: set[str] = set()  # jobs the chain has a claim for
+
+    async def evidence(self, job_id: str):
+        return None if job_id.startswith("plain") else EVIDENCE
+
+    async def send_claim(self, evidence):
+        from ledger.ports import ChainError
+
+        if self.fail:
+            self.fail -= 1
+            raise ChainError("connection refused (fake)", transient=True)
+        self.sent.append(evidence.job_id)
+        return f"0x{len(self.sent):064x}"
+
+    async def claim_receipt(self, tx_hash: str):
+        from ledger.core import ClaimReceipt
+
+        if not self.mining:
+            return None
+        return ClaimReceipt(tx_hash, 0, True, 300_000, 10)  # block 0: the fake chain's head
+
+    async def claimed(self, job_id: str) -> bool:
+        return job_id in self.on_chain
+
+
+async def _service(tmp_path, claims: FakeClaims, **config):
+    import trio
+
+    from ledger.service import LedgerService
+    from ledger.store import InlineLedgerStore
+    from ledger.testing import FakeEscrow
+
+    escrow = FakeEscrow()
+    escrow.deposit(REQ, 10**21)
+    cfg = LedgerConfig(voucher_timeout_s=60, poll_interval_s=1, tx_timeout_s=30, **config)
+    svc = LedgerService(
+        InlineLedgerStore(LedgerStore(tmp_path / "ledger.db")),
+        escrow,
+        cfg,
+        provider=PROV,
+        clock=trio.current_time,
+        claims=claims,
+    )
+    return svc
+
+
+async def _until(svc, cond) -> None:
+    import trio
+
+    with trio.fail_after(3600):
+        while not cond():
+            await svc.changed.wait()
+
+
+async def test_the_loop_backs_off_resends_a_vanished_claim_and_skips_one_a_voucher_paid(
+    tmp_path, autojump_clock
+):
+    import trio
+
+    claims = FakeClaims()
+    svc = await _service(tmp_path, claims)
+    claims.fail = 2  # the chain is down for the first two sends
+    claims.mining = False  # and the first transaction is never mined
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await svc.expect("a", REQ, PEER, 10)
+        await svc.expect("plain", REQ, PEER, 10)  # not a zk job: never a claim
+        await _until(svc, lambda: claims.sent == ["a"])
+        assert svc.core.health.attempts == 2  # backed off twice, then sent
+        assert svc.core.claim("a").state is ClaimState.SENT
+        # not mined within tx_timeout_s and not on chain: sent again, then mined
+        await _until(svc, lambda: len(claims.sent) == 2)
+        claims.mining = True
+        await _until(svc, lambda: svc.core.claim("a").state is ClaimState.PAID)
+        assert svc.core.claim("plain") is None and svc.counters["claims_not_zk"] == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_planned_claim_a_voucher_paid_first_is_never_sent(tmp_path, autojump_clock):
+    import trio
+
+    c = late(core(), ("a", 10))
+    with LedgerStore(tmp_path / "ledger.db") as store:  # a crash left the claim planned
+        store.add_delivery(c.delivery("a"))
+        store.mark_missing(["a"], 60)
+        store.add_claim(c.open_claim("a", 61), EVIDENCE)
+        store.record_payment(pay(c, "a", 10), 62)  # and a voucher paid the job
+    claims = FakeClaims()
+    svc = await _service(tmp_path, claims)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        await _until(svc, lambda: svc.core.claim("a").state is ClaimState.FAILED)
+        assert svc.core.claim("a").reason == "paid_by_voucher" and claims.sent == []
+        assert svc.standing(REQ) == Standing(paid=1)
+        nursery.cancel_scope.cancel()
