@@ -30,6 +30,7 @@ above all) came from a stranger and is rendered as such by the CLI.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -239,6 +240,10 @@ class Gateway:
         self._nursery: trio.Nursery | None = None
         self._store_limiter = trio.CapacityLimiter(1)
         self._wake = trio.Event()
+        #: set (and replaced) whenever a record is saved and after each look at the
+        #: chain (``steps`` counts those): tests and watchers wait on it
+        self.changed = trio.Event()
+        self.steps = 0
 
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -364,6 +369,9 @@ class Gateway:
         for record in self.core.placed_jobs():
             await self._job_progress(record)
         await self._apply(self.core.tick(chain_now, self._clock()))
+        self.steps += 1
+        self.changed.set()
+        self.changed = trio.Event()
 
     async def _scan(self, start: int, safe: int, chain_now: int) -> None:
         from ledger.zkchain import MAX_LOG_BLOCKS
@@ -426,6 +434,8 @@ class Gateway:
         for cmd in commands:
             if isinstance(cmd, Save):
                 await self._in_store(self._store.save, cmd.record)
+                self.changed.set()
+                self.changed = trio.Event()
             elif isinstance(cmd, Cancel):
                 try:
                     await self._cancel(cmd.job_id)
@@ -451,7 +461,9 @@ class Gateway:
 
         assert self._nursery is not None
         self._nursery.start_soon(
-            self._supervisor.run, kind, fn, cmd, context=str(rid), on_error=on_error
+            functools.partial(
+                self._supervisor.run, kind, fn, cmd, context=str(rid), on_error=on_error
+            )
         )
 
     # ------------------------------------------------------------- placing
