@@ -31,7 +31,6 @@ above all) came from a stranger and is rendered as such by the CLI.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import tempfile
@@ -40,7 +39,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import trio
 
 from maskd.gateway_core import (
@@ -49,19 +47,19 @@ from maskd.gateway_core import (
     Fulfil,
     GatewayCore,
     GatewayRules,
-    KnownCircuit,
     Place,
     Save,
     record_json,
 )
 from maskd.gateway_store import GatewayStore
+from maskd.gateway_work import Refused, build_spec, known_circuits, read_result
 from protocol.errors import MaskError, RpcError, StorageError
 from scheduler.jobstate import JobState
-from scheduler.spec import JobSpec, Relay, parse_spec
+from scheduler.spec import JobSpec, Relay
 
 log = logging.getLogger("maskd.gateway")
 
-__all__ = ["Gateway", "build_spec", "known_circuits", "read_result"]
+__all__ = ["Gateway"]
 
 #: Blocks read per poll at most (in steps of ledger.zkchain.MAX_LOG_BLOCKS).
 MAX_SCAN_STEPS = 10
@@ -69,112 +67,6 @@ MAX_SCAN_STEPS = 10
 INPUT_FETCH_TIMEOUT_S = 60.0
 #: Requests ``v1.gateway.show`` returns by default (newest first).
 SHOW_LIMIT = 100
-#: Circuit folders read from ``circuits_dir`` at most.
-MAX_EXTRA_CIRCUITS = 64
-
-
-class _Refused(Exception):
-    """A request that cannot be placed: a reason code and words."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
-# --- pure helpers (blocking) ----------------------------------------------------------------
-
-
-def known_circuits(circuits_dir: str = "") -> tuple[dict[str, KnownCircuit], list[str]]:
-    """The circuits this gateway can place, by vk id, and why any folder could
-    not be loaded. Blocking (loads each circuit)."""
-    from zkp.circuit import load_circuit, shipped_circuits
-    from zkp.formats import vk_id
-
-    folders = [(name, Path(path)) for name, path in sorted(shipped_circuits().items())]
-    problems: list[str] = []
-    if circuits_dir:
-        root = Path(circuits_dir).expanduser()
-        try:
-            extra = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
-        except OSError as e:
-            extra = []
-            problems.append(f"gateway.circuits_dir {root}: {e.strerror or e}")
-        if len(extra) > MAX_EXTRA_CIRCUITS:
-            problems.append(f"{root}: only the first {MAX_EXTRA_CIRCUITS} folders are read")
-        folders += [(p.name, p) for p in extra[:MAX_EXTRA_CIRCUITS]]
-    out: dict[str, KnownCircuit] = {}
-    for label, path in folders:
-        try:
-            c = load_circuit(path)
-        except MaskError as e:
-            problems.append(f"{label}: {e.message}")
-            continue
-        cid = vk_id(c.vk)
-        out.setdefault(
-            cid,
-            KnownCircuit(
-                circuit_id=cid,
-                name=c.name,
-                path=str(path.resolve()),
-                n_outputs=c.n_outputs,
-                public_inputs=tuple(c.public_names[c.n_outputs : -1]),
-                input_names=tuple(c.input_names),
-            ),
-        )
-    return out, problems
-
-
-def build_spec(
-    raw: bytes, record: Any, circuit: KnownCircuit, job_deadline_s: int, relay: Relay, tmp: Path
-) -> JobSpec:
-    """The relayed zk job for a request: its input JSON (``raw``) with the
-    request's public inputs put in, written to ``tmp``; the spec names the
-    circuit folder and offers the payment. Raises _Refused (input_invalid) for
-    input that is not a JSON object of signals; the names and values are
-    checked again at submission with the provider's own rules."""
-    from worker.zk import ZkLimits, check_signal_names, parse_inputs
-
-    try:
-        inputs = parse_inputs(raw, ZkLimits())
-        for name, value in zip(circuit.public_inputs, record.inputs, strict=True):
-            inputs[name] = str(value)  # the request's inputs, which fulfill checks, win
-        if circuit.input_names:
-            check_signal_names(inputs, circuit.input_names)
-    except MaskError as e:
-        message = e.message.replace("the job's input.json", "the input")
-        raise _Refused("input_invalid", message) from None
-    (tmp / "input.json").write_text(json.dumps(inputs))
-    max_seconds = max(1, min(120, job_deadline_s))
-    doc = {
-        "name": f"request-{record.request_id}"[:64],
-        "executor": "zk-groth16",
-        "circuit": circuit.path,
-        "inputs": ["input.json"],
-        "resources": {"max_seconds": max_seconds},
-        "price": {"max_total": str(record.payment), "deadline_seconds": job_deadline_s},
-        "verify": {"mode": "zk"},
-    }
-    spec = parse_spec(doc, base_dir=tmp)
-    return msgspec.structs.replace(spec, relay=relay)
-
-
-def read_result(car: Path, output_cid: str) -> tuple[list[int], list[int]]:
-    """(proof in EIP-197 order, public signals) out of a verified job's result
-    CAR, read bounded. ValueError with a reason otherwise. Blocking."""
-    from maskd.zk_check import MAX_PROOF_BYTES, MAX_PUBLIC_BYTES, _read_json
-    from zkp.formats import ZkFormatError, parse_proof, parse_public, proof_calldata
-
-    public_doc, why = _read_json(car, output_cid, "public.json", MAX_PUBLIC_BYTES)
-    if why is None:
-        proof_doc, why = _read_json(car, output_cid, "proof.json", MAX_PROOF_BYTES)
-    if why is not None:
-        raise ValueError(why)
-    try:
-        public = [int(v) for v in parse_public(public_doc)]
-        proof = [int(v) for v in proof_calldata(parse_proof(proof_doc))]
-    except ZkFormatError as e:
-        raise ValueError(e.reason) from None
-    return proof, public
 
 
 # --- the service ---------------------------------------------------------------------------
@@ -485,7 +377,7 @@ class Gateway:
                 build_spec, raw, record, cmd.circuit, cmd.job_deadline_s, relay, tmp
             )
             submitted = await self._submit(spec)
-        except _Refused as e:
+        except Refused as e:
             await self._apply(self.core.place_failed(rid, e.reason, e.detail, self._clock()))
             return
         except MaskError as e:
@@ -524,7 +416,7 @@ class Gateway:
         try:
             cid = str(CID.decode(input_cid))
         except (ValueError, KeyError, TypeError) as e:
-            raise _Refused("input_invalid", f"inputCid is not a CID ({e})"[:300]) from None
+            raise Refused("input_invalid", f"inputCid is not a CID ({e})"[:300]) from None
         store = self._storage.store
         lease = store.lease(cid)
         await trio.to_thread.run_sync(lease.__enter__)
@@ -532,7 +424,7 @@ class Gateway:
             try:
                 missing = await trio.to_thread.run_sync(store.missing, cid)
             except (MaskError, ValueError) as e:
-                raise _Refused("input_invalid", f"inputCid {cid}: {e}"[:300]) from None
+                raise Refused("input_invalid", f"inputCid {cid}: {e}"[:300]) from None
             if missing:
                 await self._fetch_input(cid, cap)
             limits = ExportLimits.for_tree(max_bytes=cap, max_entries=1, max_depth=0)
@@ -544,17 +436,17 @@ class Gateway:
                 return await trio.to_thread.run_sync(read)
             except StorageError as e:
                 if e.code == "export_limit":
-                    raise _Refused(
+                    raise Refused(
                         "input_too_large", f"the input at {cid} is over {cap} bytes"
                     ) from None
-                raise _Refused("input_invalid", f"the input at {cid}: {e.message}") from None
+                raise Refused("input_invalid", f"the input at {cid}: {e.message}") from None
         finally:
             lease.__exit__(None, None, None)
 
     async def _fetch_input(self, cid: str, cap: int) -> None:
         peers = self._peers()
         if not peers:
-            raise _Refused(
+            raise Refused(
                 "input_unavailable",
                 f"{cid} is not stored here and no peer is connected to fetch it from",
             )
@@ -563,12 +455,12 @@ class Gateway:
                 # block bytes, counted as they arrive: a huge object fails here
                 await self._storage.exchange.fetch_dag(cid, peers, max_bytes=cap + (64 << 10))
         except trio.TooSlowError:
-            raise _Refused(
+            raise Refused(
                 "input_unavailable", f"fetching {cid} took over {INPUT_FETCH_TIMEOUT_S:.0f} s"
             ) from None
         except MaskError as e:
             reason = "input_too_large" if e.code == "too_large" else "input_unavailable"
-            raise _Refused(reason, f"fetching {cid}: {e.message}"[:300]) from None
+            raise Refused(reason, f"fetching {cid}: {e.message}"[:300]) from None
 
     # ------------------------------------------------------------ fulfilling
     async def _fulfil(self, cmd: Fulfil) -> None:

@@ -14,8 +14,9 @@ from rich.console import Console
 
 from maskd.cli_gateway import gateway_view
 from maskd.config import load_config
-from maskd.gateway import Gateway, _Refused, build_spec, known_circuits, read_result
+from maskd.gateway import Gateway
 from maskd.gateway_core import KnownCircuit, RequestRecord, State, record_json
+from maskd.gateway_work import Refused, build_spec, known_circuits, read_result
 from maskd.zk_bundle import pack_zk
 from protocol.errors import ConfigError, RpcError
 from scheduler.spec import parse_relay
@@ -109,7 +110,7 @@ def test_the_relayed_job_takes_the_requests_inputs_and_offers_its_payment(tmp_pa
     [b"not json", b"[1, 2]", b'{"values": "1"' * 2, json.dumps({"binding": "1"}).encode()],
 )
 def test_an_input_that_is_not_an_object_of_signals_is_refused(tmp_path, stats, raw):
-    with pytest.raises(_Refused) as refused:
+    with pytest.raises(Refused) as refused:
         build_spec(raw, record(), stats, 3000, RELAY, tmp_path)
     assert refused.value.reason == "input_invalid" and refused.value.detail
 
