@@ -391,6 +391,15 @@ class LedgerService:
             except ChainError as e:
                 self._chain_failed(e)
                 return
+            except Exception as e:  # a bug reading one job's records: that claim only
+                why = ClaimUnavailable("evidence_error", f"{type(e).__name__}: {e}"[:300])
+                async with self._lock:
+                    claim = core.claim_unavailable(job_id, why.reason, str(why), self._clock())
+                    if claim is not None:
+                        await self._put(LedgerStore.add_claim, claim)
+                        self.counters["claims_failed"] += 1
+                self._notify()
+                continue
             if evidence is None:
                 core.not_claimable(job_id)
                 self.counters["claims_not_zk"] += 1
@@ -433,6 +442,11 @@ class LedgerService:
                 return False
             await self._end_claim(core.claim_failed, job_id, "send_failed", _describe(e))
             return True
+        except Exception as e:
+            # unknown: it may have gone out. Planned still, it is sent again after
+            # the back-off, and a claim that did land is refused already_claimed
+            self._chain_failed(e)
+            return False
         async with self._lock:
             sent = core.claim_sent(job_id, tx_hash, self._clock())
             await self._put(LedgerStore.update_claim, sent, self.provider, self._clock())

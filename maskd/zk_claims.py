@@ -309,6 +309,9 @@ class ClaimWatcher:
             except ChainError as e:
                 self.counters["claims_scan_failed"] += 1
                 log.debug("reading ProofClaimed events failed: %s", e)
+            except Exception:  # a bug must not take the node's money down with it
+                self.counters["claims_scan_failed"] += 1
+                log.exception("reading ProofClaimed events failed")
             await trio.sleep(interval)
 
     async def scan(self) -> int:
