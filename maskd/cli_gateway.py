@@ -72,8 +72,9 @@ def gateway_view(info: Mapping[str, Any], now: float) -> Group | Text:
         head.add_row("circuit problem", _cell(problem, max_chars=300, style="yellow"))
 
     table = Table(title=f"requests ({info.get('total', 0)})", title_justify="left")
-    for column in ("ID", "STATE", "CIRCUIT", "PAYMENT", "DEADLINE", "JOB", "PROVIDER", "DETAIL"):
-        table.add_column(column, overflow="fold")
+    for column in ("ID", "STATE", "CIRCUIT", "PAYMENT", "DEADLINE", "JOB", "PROVIDER"):
+        table.add_column(column, no_wrap=True)  # short: the detail column gives way
+    table.add_column("DETAIL", overflow="fold")
     requests = info.get("requests") if isinstance(info.get("requests"), list) else []
     for r in requests:
         if not isinstance(r, Mapping):
