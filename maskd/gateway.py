@@ -53,6 +53,7 @@ from maskd.gateway_core import (
 )
 from maskd.gateway_store import GatewayStore
 from maskd.gateway_work import Refused, build_spec, known_circuits, read_result
+from maskd.relay_check import known_requests
 from protocol.errors import MaskError, RpcError, StorageError
 from scheduler.jobstate import JobState
 from scheduler.spec import JobSpec, Relay
@@ -174,15 +175,14 @@ class Gateway:
         money = self.money
         chain = money.chain
         sender = money.escrow.sender
-        address = self.config.requests
-        if not address:
-            from eth_account import Account
-
-            from maskd.money import create_address
-
-            deployer = Account.from_key(chain.dev_keys()[0]).address  # the embedded deployer
-            address = create_address(deployer, 2)
-        address = checksum(address)
+        known = known_requests(self.config.requests, self.backend, chain)
+        if known is None:  # the config check requires it on rpc: a bug if we get here
+            raise MaskError(
+                "no ComputeRequests address is configured",
+                code="gateway_unusable",
+                hint="set [gateway] requests",
+            )
+        address = checksum(known)
         try:
             code = await sender.run(chain.code, address)
             contract = chain.contract(address, load_artifact(REQUESTS).abi)

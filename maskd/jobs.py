@@ -35,6 +35,7 @@ from maskd.jobfiles import BundleCache, PrivateFiles, Sweeper
 from maskd.jobs_rpc import JobsRpc
 from maskd.market_link import MarketRouter, MarketTransport, MeshGossip
 from maskd.payloads import PayloadClient, PayloadServer, StorageOutputs, store_authorizer
+from maskd.relay_check import RelayChecker, known_requests
 from maskd.retention import RetentionPolicy
 from maskd.wasm_worker import WasmWorker
 from maskd.zk_worker import ZkExecutor, check_prover, claim_signer
@@ -210,7 +211,17 @@ class Jobs:
         """The zk runs, sharing the wasm runs' limiter; proofs' claims signed by
         this node's account in the escrow's domain."""
         money, ident = self._node_money, self._node_identity
-        self.zk = ZkExecutor(claim_signer(money.domain, ident.account_key), limiter)
+        cfg = self._node_config
+        check = None
+        if money.enabled:  # a relayed job is proved only for a real, paying request
+
+            def known(chain):
+                return known_requests(cfg.gateway.requests, cfg.chain.backend, chain)
+
+            check = RelayChecker(money, known)
+        self.zk = ZkExecutor(
+            claim_signer(money.domain, ident.account_key), limiter, check_relay=check
+        )
         return self.zk
 
     async def check_zk(self) -> None:

@@ -17,22 +17,28 @@ provers in their order of preference (fastest first) until one proves and
 verifies the check statement; the slower ones are then not run at all, which
 keeps a node's start cheap. A node advertises ``zk-groth16`` only once that
 check has passed, and ``mask status`` shows the prover or why none works.
+
+A relayed job (a DApp's request, paid by its contract, not by a voucher) is
+proved only once ``check_relay`` (``maskd.relay_check``) has found its
+request on chain, open and paying; otherwise it fails ``zk_relay_invalid``.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from maskd.relay_check import RELAY_HINT, RELAY_INVALID
 from protocol.errors import JobError
 from protocol.market import UsageReport
 from scheduler import provider as pv
@@ -155,8 +161,12 @@ class ZkExecutor:
         limits: zk.ZkLimits = zk.ZkLimits(),
         clock: Callable[[], float] = time.monotonic,
         overrun_grace_s: float = OVERRUN_GRACE_S,
+        check_relay: Callable[[zk.ZkBundle, Any], Awaitable[str | None]] | None = None,
     ):
         self.prover = prover
+        #: a relayed job is proved only once this finds its request real
+        #: (``maskd.relay_check``); None: no chain to check against, none refused
+        self._check_relay = check_relay
         self.status = ProverStatus(ProverState.READY if prover else ProverState.CHECKING)
         self._sign = sign_claim
         self._limiter = limiter
@@ -210,10 +220,12 @@ class ZkExecutor:
 
         cancel = threading.Event()
 
-        def work() -> tuple[zk.ZkProof, dict[str, bytes]]:
-            loaded = zk.load_zk_bundle(
+        def load() -> zk.ZkBundle:
+            return zk.load_zk_bundle(
                 bundle, memory_bytes=max(1, terms.memory_mb) << 20, limits=self._limits
             )
+
+        def work(loaded: zk.ZkBundle) -> tuple[zk.ZkProof, dict[str, bytes]]:
             left = max(0.001, deadline - self._clock())
             proved = zk.prove_job(
                 loaded, terms, prover, deadline_s=left, clock=self._clock, cancel=cancel
@@ -223,8 +235,15 @@ class ZkExecutor:
 
         with trio.move_on_after(limit + self._grace) as scope:
             try:
+                loaded = await trio.to_thread.run_sync(
+                    load, abandon_on_cancel=True, limiter=self._limiter
+                )
+                if loaded.relay is not None and self._check_relay is not None:
+                    why = await self._check_relay(loaded, terms)
+                    if why is not None:
+                        return None, JobError(why, code=RELAY_INVALID, hint=RELAY_HINT)
                 proved, files = await trio.to_thread.run_sync(
-                    work, abandon_on_cancel=True, limiter=self._limiter
+                    functools.partial(work, loaded), abandon_on_cancel=True, limiter=self._limiter
                 )
             except trio.Cancelled:
                 cancel.set()  # the prover stops (its subprocess is killed) and frees its slot

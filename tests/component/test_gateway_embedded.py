@@ -37,9 +37,11 @@ from ledger.zkchain import ZkChain
 from maskd.config import load_config
 from maskd.gateway import Gateway
 from maskd.gateway_core import State
+from maskd.gateway_work import build_spec, known_circuits
 from maskd.jobfiles import BundleCache, PrivateFiles
 from maskd.jobs_rpc import JobsRpc
 from maskd.payloads import StorageOutputs
+from maskd.relay_check import RelayChecker
 from maskd.wasm_worker import WasmWorker
 from maskd.zk_worker import ZkExecutor, claim_signer
 from protocol.messages import BIDS_TOPIC
@@ -49,6 +51,7 @@ from scheduler.jobstate import JobState
 from scheduler.market import ProviderService, RequesterService
 from scheduler.provider import ProviderConfig, ProviderCore
 from scheduler.requester import RequesterConfig, RequesterCore
+from scheduler.spec import Relay
 from scheduler.store import JobStore
 from scheduler.testing import FakeLedger
 from storage.blockstore import BlockStore
@@ -264,12 +267,22 @@ async def add_provider(market: Market, world, node: Node, prover) -> Node:
     files = node.provider_files
     ledger = FakeLedger({REQ.record.account: 10**30})  # the gateway's escrow covers a quote
     ledger.fresh.add(REQ.record.account)
+    # the provider reads each relayed job's request on the chain before proving it
+    money = SimpleNamespace(
+        chain=chain,
+        token=d.token,
+        domain=domain,
+        escrow=SimpleNamespace(sender=TxSender(chain, PROV.account_key, trio.CapacityLimiter(1))),
+        connected=trio.Event(),
+    )
+    money.connected.set()
+    check = RelayChecker(money, lambda chain: d.requests)
     worker = WasmWorker(
         CrossPayloads(files, node.files),
         market.root / "provider-work",
         BundleCache(files.cache_root, max_bytes=1 << 30),
         zk=lambda limiter: ZkExecutor(
-            claim_signer(domain, PROV.account_key), limiter, prover=prover
+            claim_signer(domain, PROV.account_key), limiter, prover=prover, check_relay=check
         ),
     )
     store = ThreadedStore(JobStore(market.root / "provider.db"))
@@ -442,4 +455,57 @@ async def test_hostile_requests_are_recorded_with_reasons_and_a_restart_places_n
             }
             assert again.core.counters["requests_accepted"] == 0
             assert await node.store.jobs() == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_job_claiming_a_relay_it_does_not_have_is_not_proved(tmp_path, prover):
+    """A requester that marks its job relayed to have it proved for nothing (no
+    voucher is expected for a relayed job): the provider reads the request on
+    chain first and refuses, with the reason, for each way it is not real."""
+    dataset = tmp_path / "dataset.json"
+    dataset.write_text(json.dumps({"values": [str(v) for v in VALUES]}))
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            market = Market(nursery, tmp_path)
+            node_dir = tmp_path / "node"
+            node_dir.mkdir()
+            world = await chain_with_dapp(tmp_path, "bafkreinothere")
+            node = await requester_node(market, world, node_dir)
+            provider = await add_provider(market, world, node, prover)
+            cheap = await ask(world, THRESHOLD, payment=1)  # real, but pays one base unit
+            real = await ask(world, THRESHOLD)
+            circuits, _ = await trio.to_thread.run_sync(known_circuits)
+            circuit = circuits[world.circuit_id]
+            chain_id, contract = world.chain.chain_id, world.d.requests
+
+            def relay(request_id: int, where: str = contract) -> Relay:
+                return Relay(chain_id=chain_id, contract=where, request_id=str(request_id))
+
+            forged = [  # (what the provider says, the relay, the job's threshold)
+                ("request 999 is none, not open", relay(999), THRESHOLD),
+                (f"request {cheap} pays 1, below the agreed price", relay(cheap), THRESHOLD),
+                ("this provider knows ComputeRequests", relay(real, world.d.escrow), THRESHOLD),
+                (f"public inputs are not request {real}'s", relay(real), THRESHOLD + 1),
+            ]
+            jobs = []
+            for i, (words, forged_relay, threshold) in enumerate(forged):
+                record = SimpleNamespace(
+                    request_id=int(forged_relay.request_id),
+                    inputs=(threshold, world.commitment),
+                    payment=PAYMENT,
+                )
+                work = tmp_path / f"spec{i}"
+                work.mkdir()
+                spec = build_spec(dataset.read_bytes(), record, circuit, 600, forged_relay, work)
+                jobs.append((words, (await node.rpc.submit_spec(spec))["job_id"]))
+            for words, job_id in jobs:
+                while (row := await node.store.get(job_id, role="requester")).state not in (
+                    JobState.FAILED,
+                    JobState.COMPLETED,
+                ):
+                    await node.service.changed.wait()
+                assert row.state is JobState.FAILED, (words, row)
+                assert row.error["code"] == "zk_relay_invalid", row.error
+                assert words in row.error["message"], (words, row.error)
+            assert provider.ledger.expected == []
             nursery.cancel_scope.cancel()

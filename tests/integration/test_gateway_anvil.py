@@ -104,13 +104,10 @@ def test_a_dapp_request_is_answered_on_chain_by_the_mesh(cluster, anvil: Anvil, 
     circuit_id = register(anvil, stats.vk)
     assert circuit_id == vk_id(stats.vk)
 
-    env = anvil.node_env()
-    gateway_env = {
-        **env,
-        "MASK_GATEWAY_ENABLED": "true",
-        "MASK_GATEWAY_REQUESTS": d.requests,
-        "MASK_GATEWAY_POLL_INTERVAL_S": "0.5",
-    }
+    # both know the ComputeRequests contract: the gateway answers its requests, the
+    # provider checks each relayed job's request there before it proves
+    env = anvil.node_env(MASK_GATEWAY_REQUESTS=d.requests)
+    gateway_env = {**env, "MASK_GATEWAY_ENABLED": "true", "MASK_GATEWAY_POLL_INTERVAL_S": "0.5"}
     g = cluster.node("g", env=gateway_env, extra_args=["--role", "requester"])
     p = cluster.node("p", bootstrap=[g.addrs[0]], env=env, extra_args=["--role", "provider"])
     wait_connected([g, p])

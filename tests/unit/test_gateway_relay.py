@@ -19,6 +19,7 @@ from ledger.agreement import AccountKeys
 from ledger.vouchers import Domain
 from ledger.zkclaims import recover_zk_result_signer, request_job_id
 from maskd.jobs_rpc import provider_explanation
+from maskd.relay_check import inputs_hash, relay_problem
 from maskd.zk_bundle import job_document
 from maskd.zk_worker import claim_signer
 from protocol.errors import JobError
@@ -350,3 +351,62 @@ def test_an_ordinary_zk_job_is_still_owed_and_paid_by_voucher():
     core, _, delivered, verified = deliver(spec, None)
     assert only(verified, SendPayment) and only(delivered, ExpectPayment)
     assert sum(core.channels.values()) > 0
+
+
+# --- the provider's check of the request on chain (maskd.relay_check) ------------------
+
+
+def request_state(**change):
+    from ledger.zkchain import RequestState
+
+    base = dict(
+        requester=CONTRACT,
+        deadline=2000,
+        n_outputs=3,
+        n_inputs=2,
+        status="open",
+        callback=CONTRACT,
+        payment=10**18,
+        circuit_id="c1" * 32,
+        inputs_hash=inputs_hash([5000, 99]),
+    )
+    return RequestState(**{**base, **change})
+
+
+def problem(state=None, *, relay=None, known=CONTRACT, **change):
+    args = dict(
+        known_contract=known,
+        chain_id=31337,
+        circuit_id="0x" + "c1" * 32,
+        price=10**18,
+        public_inputs=[5000, 99],
+        chain_now=1000,
+    )
+    return relay_problem(
+        relay or parse_relay(RELAY), state or request_state(), **{**args, **change}
+    )
+
+
+def test_a_real_open_paying_request_for_these_inputs_passes():
+    assert problem() is None
+    assert inputs_hash([1]) == "b10e2d527612073b26eecdfd717e6a320cf44b4afac2b0732d9fcbe2b7fa0cf6"
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"known": None}, "knows no ComputeRequests"),
+        ({"known": "0x" + "99" * 20}, "knows ComputeRequests 0x9999"),
+        ({"chain_id": 1}, "on chain 1"),
+        ({"state": request_state(status="fulfilled")}, "request 7 is fulfilled, not open"),
+        ({"state": request_state(status="none")}, "request 7 is none"),
+        ({"state": request_state(deadline=1000)}, "past its deadline"),
+        ({"state": request_state(circuit_id="77" * 32)}, "names circuit 7777"),
+        ({"price": 10**18 + 1}, "below the agreed price"),
+        ({"public_inputs": [5001, 99]}, "public inputs are not request 7's"),
+        ({"public_inputs": [5000]}, "public inputs are not"),
+    ],
+)
+def test_a_relay_that_would_not_pay_this_proof_is_refused_with_the_reason(kw, words):
+    why = problem(**kw)
+    assert why is not None and words in why
