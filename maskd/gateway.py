@@ -151,18 +151,29 @@ class Gateway:
         self.core.circuits = circuits
         self.state = "connecting"
         await self.money.connected.wait()
-        try:
-            await self._connect()
-        except MaskError as e:
-            self.state, self.last_error = (
-                "error",
-                f"{e.message} ({e.hint})" if e.hint else e.message,
-            )
-            log.error("gateway: %s", self.last_error)
-            await trio.sleep_forever()
+        await self._connect_retrying()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._supervisor.keep_running("gateway_loop", self._loop)
+
+    async def _connect_retrying(self) -> None:
+        """Connect; a chain that does not answer is tried again at each poll
+        interval, a contract that is not ComputeRequests stops the gateway (and
+        ``mask gateway`` says why)."""
+        from ledger.ports import ChainError
+
+        while True:
+            try:
+                return await self._connect()
+            except ChainError as e:
+                self.state, self.last_error = "connecting", f"{e}"
+                log.warning("gateway: %s; trying again", e)
+            except MaskError as e:
+                self.state = "error"
+                self.last_error = f"{e.message} ({e.hint})" if e.hint else e.message
+                log.error("gateway: %s", self.last_error)
+                await trio.sleep_forever()
+            await trio.sleep(self.config.poll_interval_s)
 
     async def _connect(self) -> None:
         """The ComputeRequests contract (checked to be one over this escrow), the
@@ -183,16 +194,14 @@ class Gateway:
                 hint="set [gateway] requests",
             )
         address = checksum(known)
+        code = await sender.run(chain.code, address)  # ChainError: tried again
+        contract = chain.contract(address, load_artifact(REQUESTS).abi)
         try:
-            code = await sender.run(chain.code, address)
-            contract = chain.contract(address, load_artifact(REQUESTS).abi)
             verifier = await sender.run(chain.call, contract, "verifier") if code else None
         except ChainError as e:
-            raise MaskError(
-                f"the ComputeRequests contract {address} cannot be read: {e}",
-                code="gateway_unusable",
-                hint="check gateway.requests and [chain]",
-            ) from None
+            if e.transient:
+                raise
+            verifier = None  # code that has no verifier(): not a ComputeRequests
         if not code or str(verifier).lower() != money.domain.escrow.lower():
             raise MaskError(
                 f"{address} is not a ComputeRequests contract over escrow {money.domain.escrow}",
@@ -275,6 +284,10 @@ class Gateway:
         refunded = await zk.refunded(start, end)
         now = self._clock()
         for event in sorted(requested, key=lambda e: e.request_id):
+            if self.core.get(event.request_id) is None and await self._in_store(
+                self._store.has, event.request_id
+            ):
+                continue  # known, finished long ago, no longer kept in memory
             await self._apply(self.core.requested(event, chain_now, now))
         for event in fulfilled:
             if self.core.get(event.request_id) is not None:

@@ -78,6 +78,8 @@ class GatewayRules:
     #: a request with less time than this left is not placed
     min_time_left_s: int = 180
     max_fulfil_attempts: int = 5
+    #: finished requests kept in memory (all stay in the store), the newest
+    max_final_kept: int = 10_000
     #: the longest a relayed job's own deadline may be (scheduler.spec's cap)
     max_job_s: int = 30 * 24 * 3600
 
@@ -198,6 +200,16 @@ class GatewayCore:
             if r.state is State.PLACING:
                 r = replace(r, state=State.WAITING, adopt=True)
             self.records[r.request_id] = r
+        self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest finished requests past ``max_final_kept`` (the store
+        keeps them; the shell looks there before taking one for new)."""
+        final = [rid for rid, r in self.records.items() if r.state in FINAL]
+        excess = len(final) - self.rules.max_final_kept
+        if excess > 0:
+            for rid in sorted(final)[:excess]:
+                del self.records[rid]
 
     def requested(self, event: Any, chain_now: int, now: float) -> list[Command]:
         """A ``Requested`` event (``ledger.zkchain.Requested``) read from the chain."""
@@ -391,6 +403,7 @@ class GatewayCore:
     def tick(self, chain_now: int, now: float) -> list[Command]:
         """Expire what is past its deadline, fulfil what is verified, place what
         waits and fits. Call it after each chain poll."""
+        self._trim()
         cmds: list[Command] = []
         for r in sorted(self.records.values(), key=lambda r: r.request_id):
             if r.state in FINAL or r.request_id in self._busy:

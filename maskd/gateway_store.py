@@ -85,6 +85,12 @@ class GatewayStore:
                 log.error("gateway store: request %s has an unreadable record: %s", rid, e)
         return sorted(out, key=lambda r: r.request_id)
 
+    def has(self, request_id: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM requests WHERE request_id = ?", (str(request_id),)
+        ).fetchone()
+        return row is not None
+
     def next_block(self) -> int | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'next_block'").fetchone()
         return int(row[0]) if row is not None else None

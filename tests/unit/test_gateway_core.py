@@ -344,3 +344,20 @@ def test_a_restart_neither_places_twice_nor_forgets(tmp_path):
     assert not [x for x in cmds if isinstance(x, Fulfil)]  # 4 is done
     assert [r.request_id for r in again.placed_jobs()] == [1]  # its job is watched again
     assert GatewayStore.for_contract(tmp_path, OTHER).records() == []  # another contract
+
+
+def test_only_the_newest_finished_requests_stay_in_memory(tmp_path):
+    c = core(max_final_kept=2)
+    store = GatewayStore(tmp_path / "g.db")
+    for rid in (1, 2, 3, 4):
+        for cmd in c.requested(event(rid, payment=1), T, NOW):  # skipped: final at once
+            store.save(cmd.record)
+    c.requested(event(5), T, NOW)  # open: never forgotten
+    c.tick(T + 1, NOW)
+    assert sorted(c.records) == [3, 4, 5]
+    # a forgotten one is still in the store, which the shell asks before taking
+    # a request read again for new
+    assert store.has(1) and not store.has(99)
+    again = core(max_final_kept=2)
+    again.load(store.records())
+    assert sorted(again.records) == [3, 4]
