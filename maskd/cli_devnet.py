@@ -88,6 +88,11 @@ def devnet_up(nodes: int, root: str, chain: str, timeout: float, as_json: bool) 
     console.print(table)
     if procs.chain is not None:
         console.print(_chain_line(procs.chain))
+        if procs.chain.requests:
+            console.print(
+                f"gateway: {procs[0].data_dir.name} answers DApps' requests "
+                f"(mask --socket {procs[0].socket} gateway)"
+            )
     click.echo(f"use a node: mask --socket {procs[0].socket} status")
 
 
@@ -100,9 +105,10 @@ def _read_chain_quietly(path: Path) -> DevChain | None:
 
 def _chain_line(chain: DevChain, alive: bool | None = None) -> str:
     state = "" if alive is None else (", running" if alive else ", [red]not running[/]")
+    requests = f", requests {chain.requests}" if chain.requests else ""
     return (
         f"chain: {chain.kind} at {chain.url} (chain id {chain.chain_id}, pid {chain.pid}{state}); "
-        f"token {chain.token}, escrow {chain.escrow}; log {chain.log}"
+        f"token {chain.token}, escrow {chain.escrow}{requests}; log {chain.log}"
     )
 
 
@@ -154,6 +160,7 @@ def devnet_status(root: str, as_json: bool) -> None:
             "peers": None,
             "offers": None,
             "chain_connected": None,
+            "gateway": None,
         }
         if row["alive"]:
             try:
@@ -162,6 +169,9 @@ def devnet_status(root: str, as_json: bool) -> None:
                 chain_info = info.get("chain") or {}
                 if chain_info.get("backend") != "off":
                     row["chain_connected"] = bool(chain_info.get("connected"))
+                    gateway = node.call("v1.gateway.show", {"limit": 1}, timeout=5)
+                    if gateway.get("enabled"):
+                        row["gateway"] = str(gateway.get("state"))
             except Exception as exc:
                 row["error"] = str(exc)
         rows.append(row)
@@ -172,7 +182,7 @@ def devnet_status(root: str, as_json: bool) -> None:
         click.echo(json.dumps({"nodes": rows, "chain": chain_row}, indent=2))
         return
     table = Table()
-    for col in ("node", "pid", "alive", "peers", "offers seen", "on chain", "peer id"):
+    for col in ("node", "pid", "alive", "peers", "offers seen", "on chain", "gateway", "peer id"):
         table.add_column(col)
     for r in rows:
         connected = r["chain_connected"]
@@ -183,6 +193,7 @@ def devnet_status(root: str, as_json: bool) -> None:
             str(r["peers"]),
             str(r["offers"]),
             "-" if connected is None else ("yes" if connected else "[red]no[/]"),
+            r["gateway"] or "-",
             r["peer_id"],
         )
     console = _console()

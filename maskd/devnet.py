@@ -16,6 +16,8 @@ chain is recorded in ``devnet.json`` and stopped by PID after the nodes.
 The chain settings reach each node through its environment (which overrides
 any inherited ``MASK_CHAIN_*``, e.g. the test suite's ``backend = off``) and
 through its own copy of the config (``nodeN/node.toml``) for people to read.
+With a chain, node0 is also the devnet's gateway (``[gateway] enabled``): it
+answers DApps' requests on the ComputeRequests contract every node knows.
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ def start_devnet(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
+    gateway: bool = True,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> Devnet:
     """Start ``n`` nodes bootstrapped to the first and wait for a full offer view.
@@ -255,12 +258,14 @@ def start_devnet(
     ``chain``: ``"embedded"`` (one ``ledger.devchain`` process), ``"anvil"``
     (installed first if missing) or None / ``"off"`` (no payments: every node
     gets ``chain.backend = off``). With a chain, every node is also connected
-    to it, funded and has deposited :data:`DEVNET_DEPOSIT` before this returns.
+    to it, funded and has deposited :data:`DEVNET_DEPOSIT` before this returns,
+    and (``gateway``) node0 answers DApps' requests on chain.
     Whatever was started is stopped again if any step fails."""
     from maskd.devnet_chain import (
         Faucet,
         check_chain_kind,
         deposit_all,
+        gateway_env,
         start_chain,
         write_node_config,
     )
@@ -285,16 +290,20 @@ def start_devnet(
 
         def node(i: int, bootstrap: list[str]) -> DevNode:
             data_dir = root / f"node{i}"
-            node_config = config
+            node_config, each_env = config, node_env
             if devchain is not None:
+                is_gateway = gateway and i == 0 and bool(devchain.requests)
                 make_private_dir(data_dir)
-                node_config = write_node_config(data_dir / "node.toml", config, devchain)
+                node_config = write_node_config(
+                    data_dir / "node.toml", config, devchain, gateway=is_gateway
+                )
+                each_env = {**node_env, **gateway_env(is_gateway)}
             return DevNode(
                 data_dir,
                 config=node_config,
                 bootstrap=bootstrap,
                 extra_args=list(extra_args or []),
-                env=node_env,
+                env=each_env,
             )
 
         def up(i: int, each: DevNode) -> None:
@@ -314,6 +323,11 @@ def start_devnet(
             up(i, each)  # funding one node while the next ones start
         wait_full_view(nodes, timeout)
         progress(f"all {n} nodes see all {n} offers")
+        if devchain is not None and gateway and devchain.requests:
+            progress(
+                f"node0 is the gateway: it answers DApps' requests on ComputeRequests "
+                f"{devchain.requests}"
+            )
         if faucet is not None:
             progress(faucet.summary())
             deposit_all(nodes, progress, timeout)

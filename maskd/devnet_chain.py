@@ -7,6 +7,11 @@ anvil), deploys the contracts from its first dev key (the treasury), and,
 once the nodes are up, funds each node's account and has it deposit through
 its own daemon (``v1.wallet.deposit``), so every node can buy at once.
 
+Every node knows the ComputeRequests contract (``[gateway] requests``):
+providers check a relayed job's request there before they prove it, and
+node0 is the devnet's gateway (``[gateway] enabled``), answering DApps'
+requests as ``mask demo`` shows.
+
 Nothing here is trusted input except ``devnet.json``, which a person may edit:
 :meth:`DevChain.from_json` checks it, and a recorded pid is signalled only if
 its command line is still the chain's.
@@ -69,16 +74,21 @@ class DevChain:
     treasury: str = ""
     log: str = ""
     process: Any = None  # ledger.devchain.ChainProcess
+    requests: str = ""  # ComputeRequests; "" in a devnet.json written before it
 
     def env(self) -> dict[str, str]:
-        """The ``MASK_CHAIN_*`` settings that put a node on this chain."""
-        return {
+        """The ``MASK_CHAIN_*`` settings that put a node on this chain, and
+        ``MASK_GATEWAY_REQUESTS`` (ComputeRequests) when it is known."""
+        env = {
             "MASK_CHAIN_BACKEND": "rpc",
             "MASK_CHAIN_RPC_URL": self.url,
             "MASK_CHAIN_CHAIN_ID": str(self.chain_id),
             "MASK_CHAIN_TOKEN": self.token,
             "MASK_CHAIN_ESCROW": self.escrow,
         }
+        if self.requests:
+            env["MASK_GATEWAY_REQUESTS"] = self.requests
+        return env
 
     def client(self, timeout_s: float = 10.0) -> Any:
         """A :class:`ledger.chain.RpcChain` on it."""
@@ -120,6 +130,7 @@ class DevChain:
             "chain_id": self.chain_id,
             "token": self.token,
             "escrow": self.escrow,
+            "requests": self.requests,
             "treasury": self.treasury,
             "log": self.log,
         }
@@ -134,8 +145,11 @@ class DevChain:
         pid = raw.get("pid")
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
             raise ValueError(f"chain: bad pid {pid!r}")
+        keys = ("chain_id", "token", "escrow")
         deployment = DeploymentConfig.from_dict(
-            {"rpc_url": raw.get("url")} | {k: raw.get(k) for k in ("chain_id", "token", "escrow")}
+            {"rpc_url": raw.get("url")}
+            | {k: raw.get(k) for k in keys}
+            | {"requests": raw.get("requests") or None}  # absent or "": an older devnet.json
         )
         return cls(
             raw["kind"],
@@ -146,6 +160,7 @@ class DevChain:
             deployment.escrow,
             str(raw.get("treasury", "")),
             str(raw.get("log", "")),
+            requests=deployment.requests or "",
         )
 
 
@@ -202,16 +217,24 @@ def start_chain(
                 DEVNET_UNSTAKE_DELAY_S,
             )
         devchain.token, devchain.escrow = d.token, d.escrow
-        progress(f"contracts deployed: token {d.token}, escrow {d.escrow}")
+        devchain.requests = d.requests or ""
+        progress(f"contracts deployed: token {d.token}, escrow {d.escrow}, requests {d.requests}")
         return devchain
     except BaseException:
         devchain.stop()
         raise
 
 
-def write_node_config(path: Path, base: Path, devchain: DevChain) -> Path:
-    """``base`` plus a ``[chain]`` section for ``devchain``, written to ``path``
-    (0600): what the node runs with, for a person to read."""
+def gateway_env(gateway: bool) -> dict[str, str]:
+    """``MASK_GATEWAY_ENABLED`` for a devnet node: the gateway (node0) or not,
+    whatever the environment the devnet was started from says."""
+    return {"MASK_GATEWAY_ENABLED": "true" if gateway else "false"}
+
+
+def write_node_config(path: Path, base: Path, devchain: DevChain, *, gateway: bool = False) -> Path:
+    """``base`` plus a ``[chain]`` section for ``devchain`` and a ``[gateway]``
+    one (ComputeRequests; ``enabled`` only for the devnet's gateway), written to
+    ``path`` (0600): what the node runs with, for a person to read."""
     import tomllib
 
     text = base.read_text()
@@ -222,12 +245,17 @@ def write_node_config(path: Path, base: Path, devchain: DevChain) -> Path:
         "token": devchain.token,
         "escrow": devchain.escrow,
     }
+    sections: dict[str, dict[str, Any]] = {"chain": chain}
+    if devchain.requests:
+        sections["gateway"] = {"enabled": gateway, "requests": devchain.requests}
     header = f"# written by `mask devnet up`: {base} and the devnet's {devchain.kind} chain\n"
     doc = tomllib.loads(text)
-    if "chain" in doc:  # a [chain] of the base's own: merged, the devnet's keys win
-        text = dump_toml({**doc, "chain": {**doc["chain"], **chain}})
+    if any(name in doc for name in sections):  # the base's own: merged, the devnet's keys win
+        merged = {**doc, **{name: {**doc.get(name, {}), **keys} for name, keys in sections.items()}}
+        text = dump_toml(merged)
     else:
-        text += "\n[chain]\n" + dump_toml(chain)
+        for name, keys in sections.items():
+            text += f"\n[{name}]\n" + dump_toml(keys)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(header + text)
