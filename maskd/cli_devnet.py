@@ -230,6 +230,7 @@ def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
     out_dir = Path(out).resolve()
     rows = []
     settlement = None
+    dapp_failures: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="mask-demo-", dir="/tmp"))
     console.rule(f"[bold]maskd demo: a {nodes}-node mesh on 127.0.0.1 and one embedded chain")
     started = time.monotonic()
@@ -305,6 +306,8 @@ def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
         console.print(_settlement_line(settlement), soft_wrap=True)
         for line in settlement.disagreements:
             console.print(f"[red]disagreement[/]: {line}")
+        console.rule("[bold]a DApp buys a verified result: a contract asks, the mesh proves")
+        dapp_failures = _dapp_section(console, procs)
     finally:
         if keep:
             console.print(
@@ -323,10 +326,46 @@ def demo(nodes: int, keep: bool, out: str, job_timeout: float) -> None:
             f"the settlement does not add up ({len(settlement.disagreements)} disagreements)",
             hint="see the lines marked disagreement above, and each provider's `mask ledger`",
         )
+    if dapp_failures:
+        raise DevnetError(
+            "the DApp's request was not answered as it should be: " + "; ".join(dapp_failures),
+            hint="see node0's maskd.err and `mask gateway` (run the demo with --keep)",
+        )
     console.print(
-        "[green]ok[/]: every use case ran on the mesh and every provider was paid on chain "
-        f"({time.monotonic() - started:.1f} s)"
+        "[green]ok[/]: every use case ran on the mesh, every provider was paid on chain and a "
+        f"smart contract bought a verified result ({time.monotonic() - started:.1f} s)"
     )
+
+
+def _dapp_section(console: Console, procs) -> list[str]:
+    """The demo's DApp request (maskd.demo_dapp); what went wrong, in words."""
+    from maskd.demo import examples_dir, format_mask
+    from maskd.demo_dapp import buy_verified_result, dapp_rows
+
+    assert procs.chain is not None
+    try:
+        result = buy_verified_result(
+            procs[0],
+            procs,
+            procs.chain,
+            examples_dir() / "zk-stats",
+            lambda m: console.print(f"  [dim]{m}[/]"),
+            format_amount=format_mask,
+        )
+    except DevnetError as e:
+        console.print(f"[red]failed[/]: {e.message}" + (f" ({e.hint})" if e.hint else ""))
+        return [e.message]
+    table = Table(title="a smart contract's request, answered on chain", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for what, value in dapp_rows(result, format_mask):
+        table.add_row(what, value)
+    console.print(table)
+    for line in result.problems:
+        console.print(f"[red]problem[/]: {line}")
+    if result.ok:
+        console.print("[green]ok[/]: a smart contract bought a verified result from the mesh")
+    return list(result.problems)
 
 
 def _summary_table(rows, elapsed: float) -> Table:

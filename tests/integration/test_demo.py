@@ -1,5 +1,6 @@
 """`mask demo` as a user runs it: a 4-node devnet on one embedded chain runs a
-job of every use case, and the providers are paid on chain."""
+job of every use case, the providers are paid on chain, and a smart contract
+buys a verified result from the mesh."""
 
 import os
 import re
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SEP = "[ │]+"  # between a label and its value in a two-column table row
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -42,6 +44,17 @@ def test_demo_runs_every_use_case(tmp_path):
     assert re.search(r"16 jobs settled for [0-9.]+ MASK in [1-9] transactions", settlement)
     assert "gas per job" in settlement
     assert "disagreement" not in run.stdout
+    # a smart contract buys the same statistics from the mesh: node0's gateway places
+    # the DApp's request, a provider proves it, the chain pays it and calls the DApp
+    dapp = settlement.split("a DApp buys a verified result", 1)[1]
+    assert re.search(rf"request{SEP}\d+ by StatsConsumer 0x[0-9a-fA-F]{{40}}", dapp)
+    assert re.search(rf"state{SEP}fulfilled \([0-9.]+ s\)", dapp)
+    assert re.search(rf"provider{SEP}node[1-9] \(0x[0-9a-fA-F]{{40}}\)", dapp)
+    assert re.search(rf"payment{SEP}1 MASK asked, 1 MASK paid", dapp)
+    assert re.search(rf"stored by the DApp{SEP}sum 89085, 8 above 5500, mean 5567", dapp)
+    assert re.search(rf"gas{SEP}ask [0-9,]+, fulfill [0-9,]+", dapp)
+    assert "ok: a smart contract bought a verified result from the mesh" in dapp
+    assert "problem" not in dapp
     assert "every provider was paid on chain" in run.stdout
     assert "devnet stopped" in run.stdout
     png = (out / "render.png").read_bytes()
