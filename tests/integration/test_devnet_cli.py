@@ -1,7 +1,7 @@
 """`mask devnet up/status/down` as a user runs them: 3 nodes on one embedded
-chain, a few hello jobs, each provider settles, and the escrow on chain (read
-directly, not through a daemon) pays every provider exactly what the requester
-owes it; `down` leaves no process behind."""
+chain, node0 its gateway, a few hello jobs, each provider settles, and the
+escrow on chain (read directly, not through a daemon) pays every provider
+exactly what the requester owes it; `down` leaves no process behind."""
 
 import json
 import os
@@ -63,16 +63,34 @@ def test_devnet_up_pays_providers_on_chain_and_down_stops_everything():
         assert len(shown["nodes"]) == 3 and len({n["peer_id"] for n in shown["nodes"]}) == 3
         assert shown["chain"]["kind"] == "embedded"
         assert "every node deposited 1000 MASK" in up.stderr
+        requests = shown["chain"]["requests"]
+        assert (
+            f"node0 is the gateway: it answers DApps' requests on ComputeRequests {requests}"
+            in (up.stderr)
+        )
         again = mask("devnet", "up", "--nodes", "3", "--dir", str(root))
         assert again.returncode == 1 and "already running" in again.stderr
+        nodes, chain = read_state(root), read_chain(root)
+        assert chain is not None and chain.pid == shown["chain"]["pid"]
+        assert chain.requests == requests
+        # node0 answers DApps' requests; every node knows the contract (providers check
+        # relayed jobs there)
+        wait_until(
+            lambda: nodes[0].call("v1.gateway.show", {"limit": 1})["state"] == "ok",
+            30,
+            "node0's gateway to watch the chain",
+        )
+        assert nodes[0].call("v1.gateway.show", {"limit": 1})["contract"] == requests
+        assert not nodes[1].call("v1.gateway.show", {"limit": 1})["enabled"]
+        for node in nodes:
+            assert f'requests = "{requests}"' in (node.data_dir / "node.toml").read_text()
         status = json.loads(mask("devnet", "status", "--dir", str(root), "--json").stdout)
         assert all(
             s["alive"] and s["offers"] == 3 and s["chain_connected"] for s in status["nodes"]
         )
-        assert status["chain"]["alive"]
+        assert [s["gateway"] for s in status["nodes"]] == ["ok", None, None]
+        assert status["chain"]["alive"] and status["chain"]["requests"] == requests
 
-        nodes, chain = read_state(root), read_chain(root)
-        assert chain is not None and chain.pid == shown["chain"]["pid"]
         requester = nodes[0]
         run_jobs(requester, JOBS)
         expected: dict[str, int] = {}
