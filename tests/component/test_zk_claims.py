@@ -356,8 +356,10 @@ class CrashBeforeReceipt(ClaimLink):
         raise Crash
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """kill -9 stands for no exception the service could catch: its error
+    handling (an unknown error while sending keeps the claim planned) must not
+    turn the simulated death into a retry."""
 
 
 def test_a_claim_interrupted_by_a_crash_is_finished_after_a_restart_and_paid_once(tmp_path):
