@@ -36,9 +36,9 @@ def _bundle_mutation(mutate: Callable[[Path], None]) -> None:
     honest = JobsRpc._bundle
 
     async def hostile(self, spec):
-        tmp = await honest(self, spec)
-        mutate(tmp)
-        return tmp
+        bundle, spec = await honest(self, spec)  # (bundle dir, spec as packed)
+        mutate(bundle)
+        return bundle, spec
 
     JobsRpc._bundle = hostile
 
