@@ -32,7 +32,9 @@ def test_five_nodes_see_every_offer_and_a_killed_nodes_offer_disappears(cluster)
         assert {o["peer_id"] for o in offers} == ids
         for offer in offers:
             assert OFFER_KEYS <= offer.keys()
-            assert offer["account"].startswith("0x") and offer["executors"] == ["wasm"]
+            assert offer["account"].startswith("0x")
+            # devnet nodes add zk-groth16 once their prover check passes (seconds)
+            assert offer["executors"] in (["wasm"], ["wasm", "zk-groth16"])
     # Every node was given only node0 to bootstrap from; the DHT finds the rest.
     wait_until(
         lambda: all(len(peers_seen(n)) == 4 for n in nodes),
