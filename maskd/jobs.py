@@ -265,6 +265,8 @@ class Jobs:
             # owed rows, and the jobs providers were paid for on chain by their proofs
             owed = self._node_money.claims_owed(await self.store.owed())
             await self.requester.load_channels(owed)
+            # the reputation book, from the evidence the store kept (scheduler.reputation)
+            self.requester.core.load_evidence(await self.store.evidence())
             await self.requester.resume(await self.store.open_jobs(role="requester"))
             if self.provider is not None:
                 await self.provider.resume(await self.store.open_jobs(role="provider"))

@@ -169,6 +169,10 @@ class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
     wall_ms: Count = 0
     peak_memory_bytes: Count = 0
     output_bytes: Count = 0
+    #: native jobs: CPU time from the job's cgroup (user + system), milliseconds
+    cpu_ms: Count = 0
+    #: GPU jobs: GPU-seconds billed, as milliseconds (wall time x GPUs assigned)
+    gpu_ms: Count = 0
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, tag="heartbeat"):

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from scheduler.reputation import Evidence
 from scheduler.store import (
     CreateJob,
     JobRow,
@@ -79,6 +80,9 @@ class _Facade:
 
     async def owed_totals(self) -> dict[str, int]:
         return await self._call(self.store.owed_totals)
+
+    async def evidence(self, *, provider_account: str | None = None) -> list[Evidence]:
+        return await self._call(lambda: self.store.evidence(provider_account=provider_account))
 
     async def run(self, fn: Callable[[JobStore], Any]) -> Any:
         """Any other read, as one call under the same limiter."""

@@ -66,6 +66,7 @@ from protocol.market import (
 from protocol.messages import IdentityRecord, ResourceOffer
 from scheduler.explain import explain_job
 from scheduler.jobstate import JobEvent, JobState, transition
+from scheduler.reputation import Evidence, EvidenceKind, ReputationBook
 from scheduler.selection import Candidate, Capacity, Job, Requirements, rank
 from scheduler.spec import JobSpec
 from scheduler.store import CreateJob, JobRow, OwedEntry, RecordTransition
@@ -90,6 +91,13 @@ ROLE = "requester"
 #: be fetched fails the job, as before.)
 _REPLACE_ON_REJECTED = frozenset({"zk"})
 _PLACED = frozenset({JobState.MATCHED, JobState.RUNNING})
+#: what a provider replaced for each reason showed (scheduler.reputation)
+_REPLACED_EVIDENCE = {
+    "heartbeat_timeout": EvidenceKind.VANISHED,
+    "provider_deadline_missed": EvidenceKind.TIMED_OUT,
+    "bad_result_signature": EvidenceKind.CAUGHT_WRONG,
+    "verification_failed": EvidenceKind.CAUGHT_WRONG,
+}
 #: An agreement declined for one of these may be offered to that provider in a later round.
 _TRANSIENT_DECLINES = frozenset(
     {"busy", "insufficient_cpu", "insufficient_memory", "insufficient_gpu", "quote_lapsed"}
@@ -297,9 +305,10 @@ class RequesterCore:
         self._keys = keys
         self._offers = offers
         self._peer_stats = peer_stats
-        # Our own experience of each provider: +1 per verified job, -3 per job
-        # it lost (replaced) or failed verification. Added to peer_stats's.
-        self.reputation: Counter[str] = Counter()
+        # Our own evidence about each provider account (scheduler.reputation):
+        # its score ranks quotes, added to peer_stats's. The store keeps the
+        # evidence; ``load_evidence`` reads it back at start.
+        self.book = ReputationBook()
         self._jobs: dict[str, RequesterJob] = {}
         self._finished: OrderedDict[str, RequesterJob] = OrderedDict()
         self._submitted = 0
@@ -394,15 +403,15 @@ class RequesterCore:
             return []
         if not ok:
             return self._rejected(job, detail, now) + self._admit(now)
-        self.reputation[job.terms.provider_peer] += 1
         t = job.terms
+        verified = self._evidence(job, EvidenceKind.VERIFIED, now)
         if job.spec.relay is not None:
             # a DApp's request: its contract pays the provider when the gateway
             # submits the proof; nothing is owed here and no voucher is signed
             self.counters["relayed_verified"] += 1
-            return self._finish(job, JobEvent.VERIFIED, now) + self._admit(now)
+            return self._finish(job, JobEvent.VERIFIED, now, evidence=verified) + self._admit(now)
         owed = OwedEntry(job.job_id, t.provider_peer, t.provider_account, t.price_total)
-        cmds = self._finish(job, JobEvent.VERIFIED, now, owed=owed)
+        cmds = self._finish(job, JobEvent.VERIFIED, now, owed=owed, evidence=verified)
         self.channels[t.provider_account] = self.channels.get(t.provider_account, 0) + int(
             t.price_total
         )
@@ -432,15 +441,17 @@ class RequesterCore:
             and len(job.verification_failures) < self.config.max_verify_attempts
         ):
             job.output_cid = None
-            return self._replace(job, now, reason="verification_failed", output_cid=None)
-        self.reputation[t.provider_peer] -= 3
+            return self._replace(
+                job, now, reason="verification_failed", detail=detail, output_cid=None
+            )
+        wrong = self._evidence(job, EvidenceKind.CAUGHT_WRONG, now, detail)
         if job.spec.verify.mode in _REPLACE_ON_REJECTED:
             n = len(job.verification_failures)
             message = f"the results of {n} provider(s) failed verification; the last: {detail}"
         else:
             message = detail
         error = {"code": "verification_failed", "message": message}
-        return self._finish(job, JobEvent.FAILED, now, error=error)
+        return self._finish(job, JobEvent.FAILED, now, error=error, evidence=wrong)
 
     def load_channels(self, owed: Iterable[OwedEntry], now: float) -> list[RequesterCommand]:
         """Start from the store's owed rows (append-only, one per job): each
@@ -706,13 +717,20 @@ class RequesterCore:
         job.usage = r.usage
         job.liveness_deadline = job.provider_deadline = None
         usage = msgspec.to_builtins(r.usage)
+        # a result that arrives at all arrived in time: a late one finds the
+        # provider already replaced (the timers run first)
+        on_time = self._evidence(job, EvidenceKind.ON_TIME, now)
         if r.error_code:
             # a failed run still has logs: keep its output CID and fetch it, so
             # `mask job ID --logs` can show the program's stderr
             fields = {}
             if r.output_cid:
                 job.output_cid = fields["output_cid"] = r.output_cid
-            cmds.append(self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, **fields))
+            cmds.append(
+                self._transition(
+                    job, JobEvent.RESULT_RECEIVED, usage=usage, evidence=on_time, **fields
+                )
+            )
             error = {"code": r.error_code, "message": r.error_message, "exit_code": r.exit_code}
             cmds += self._finish(job, JobEvent.FAILED, now, error=error)
             if r.output_cid:
@@ -720,7 +738,13 @@ class RequesterCore:
             return cmds + self._wake_one(now)
         job.output_cid = r.output_cid
         cmds.append(
-            self._transition(job, JobEvent.RESULT_RECEIVED, usage=usage, output_cid=r.output_cid)
+            self._transition(
+                job,
+                JobEvent.RESULT_RECEIVED,
+                usage=usage,
+                output_cid=r.output_cid,
+                evidence=on_time,
+            )
         )
         cmds.append(FetchOutput(job.job_id, source, r.output_cid, job.spec.verify.mode))
         return cmds + self._wake_one(now)
@@ -766,7 +790,14 @@ class RequesterCore:
             and now >= job.deadline
         ):
             error = {"code": "deadline_passed", "message": f"not finished by {job.deadline}"}
-            return self._finish(job, JobEvent.FAILED, now, error=error, stop_provider="deadline")
+            late = (
+                self._evidence(job, EvidenceKind.TIMED_OUT, now, "the job's deadline passed")
+                if job.state in _PLACED and job.terms is not None
+                else ()
+            )
+            return self._finish(
+                job, JobEvent.FAILED, now, error=error, stop_provider="deadline", evidence=late
+            )
         if job.state in _PLACED:
             if job.liveness_deadline is not None and now >= job.liveness_deadline:
                 return self._replace(job, now, reason="heartbeat_timeout")
@@ -867,7 +898,7 @@ class RequesterCore:
                 Candidate(
                     peer_id=peer,
                     price_total=int(q.price_total),
-                    reputation=float(self.reputation[peer]) + outside,
+                    reputation=self.book.score(q.identity.account) + outside,
                     latency_ms=latency,
                     capacity=Capacity(q.free_cpu, q.free_memory_mb, q.free_gpu),
                 )
@@ -909,17 +940,19 @@ class RequesterCore:
         return [SendAgreement(best.peer_id, Agreement(terms=terms, requester_signature=signature))]
 
     def _replace(
-        self, job: RequesterJob, now: float, *, reason: str, **fields: object
+        self, job: RequesterJob, now: float, *, reason: str, detail: str = "", **fields: object
     ) -> list[RequesterCommand]:
         old = job.provider
         assert old is not None
         self.counters[f"replaced_{reason}"] += 1
-        self.reputation[old] -= 3
+        kind = _REPLACED_EVIDENCE.get(reason, EvidenceKind.VANISHED)
+        evidence = self._evidence(job, kind, now, detail or reason) if job.terms else ()
         cmds: list[RequesterCommand] = [
             self._transition(
                 job,
                 JobEvent.PROVIDER_REPLACED,
                 reason=reason,
+                evidence=evidence,
                 provider_peer=None,
                 provider_account=None,
                 price=None,
@@ -944,6 +977,7 @@ class RequesterCore:
         error: dict | None = None,
         owed: OwedEntry | None = None,
         stop_provider: str | None = None,
+        evidence: tuple[Evidence, ...] = (),
     ) -> list[RequesterCommand]:
         fields: dict = {}
         if error is not None:
@@ -957,7 +991,9 @@ class RequesterCore:
             job.state is JobState.PENDING or job.verification_failures
         ):
             job.explanation = fields["explanation"] = self._explain(job, now)
-        cmds: list[RequesterCommand] = [self._transition(job, event, owed=owed, **fields)]
+        cmds: list[RequesterCommand] = [
+            self._transition(job, event, owed=owed, evidence=evidence, **fields)
+        ]
         me = self.config.peer_id
         if stop_provider is not None and job.provider is not None:
             cmds.append(
@@ -987,11 +1023,40 @@ class RequesterCore:
         *,
         owed: OwedEntry | None = None,
         reason: str | None = None,
+        evidence: tuple[Evidence, ...] = (),
         **fields: object,
     ) -> RecordTransition:
-        """Advance the in-memory state; the shell persists the returned command first."""
+        """Advance the in-memory state; the shell persists the returned command first
+        (with the evidence it carries, which the reputation book counts now)."""
         job.state = transition(job.state, event)
-        return RecordTransition(job.job_id, ROLE, event, fields, owed=owed, reason=reason)
+        for e in evidence:
+            self.book.add(e)
+        return RecordTransition(
+            job.job_id, ROLE, event, fields, owed=owed, reason=reason, evidence=evidence
+        )
+
+    def _evidence(
+        self, job: RequesterJob, kind: EvidenceKind, now: float, detail: str = ""
+    ) -> tuple[Evidence, ...]:
+        """One piece of evidence about the job's current provider (none unplaced)."""
+        t = job.terms
+        if t is None:
+            return ()
+        return (
+            Evidence(
+                provider_account=t.provider_account,
+                provider_peer=t.provider_peer,
+                job_id=job.job_id,
+                kind=kind,
+                at=now,
+                mode=job.spec.verify.mode,
+                detail=detail[:200],
+            ),
+        )
+
+    def load_evidence(self, evidence: Iterable[Evidence]) -> None:
+        """Start from the evidence the store holds (``JobStore.evidence``)."""
+        self.book = ReputationBook(evidence)
 
     def _heartbeat_timeout(self) -> float:
         return self.config.heartbeat_interval_s * self.config.missed_heartbeats

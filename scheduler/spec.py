@@ -65,8 +65,8 @@ __all__ = [
 #: get a "not supported yet" message rather than "unknown".
 EXECUTORS = frozenset({"wasm", "zk-groth16"})
 _PLANNED_EXECUTORS = frozenset({"native"})
-VERIFY_MODES = frozenset({"receipt", "zk"})
-_PLANNED_VERIFY_MODES = frozenset({"replicate", "freivalds"})
+VERIFY_MODES = frozenset({"receipt", "zk", "replicate", "freivalds"})
+_PLANNED_VERIFY_MODES: frozenset[str] = frozenset()
 ZK_EXECUTOR = "zk-groth16"
 #: the verify mode each executor must use; executors not named take any other mode
 _VERIFY_MODE_OF = {ZK_EXECUTOR: "zk"}
@@ -101,7 +101,31 @@ _TOP_KEYS = (
 )
 _RESOURCE_KEYS = ("cpu", "memory_mb", "gpu", "max_seconds", "max_fuel")
 _PRICE_KEYS = ("max_total", "deadline_seconds")
-_VERIFY_KEYS = ("mode",)
+_VERIFY_KEYS = (
+    "mode",
+    "replicas",
+    "max_rounds",
+    "spot_check",
+    "rounds",
+    "tolerance",
+    "a",
+    "b",
+    "c",
+)
+#: keys of [verify] that only one mode reads (a key for another mode is an error)
+_VERIFY_MODE_KEYS = {
+    "replicas": "replicate",
+    "max_rounds": "replicate",
+    "spot_check": "receipt",
+    "rounds": "freivalds",
+    "tolerance": "freivalds",
+    "a": "freivalds",
+    "b": "freivalds",
+    "c": "freivalds",
+}
+MAX_REPLICAS = 9
+MAX_REPLICATE_ROUNDS = 5
+MAX_FREIVALDS_ROUNDS = 64
 
 
 class ContentRef(msgspec.Struct, frozen=True):
@@ -143,8 +167,28 @@ class Price(msgspec.Struct, frozen=True):
     deadline_seconds: int = 300
 
 
-class Verify(msgspec.Struct, frozen=True):
+class Verify(msgspec.Struct, frozen=True, kw_only=True):
+    """How the result is checked (docs/jobspec.md, "Verification"). Only the
+    keys of the chosen ``mode`` may differ from their defaults."""
+
     mode: str = "receipt"
+    #: replicate: this many providers (distinct peers and accounts) run the job;
+    #: the output a strict majority of them committed to wins
+    replicas: int = 2
+    #: replicate: sets of replicas tried in all when one has no majority
+    max_rounds: int = 2
+    #: receipt: this fraction of jobs is re-run, unannounced, on another provider
+    spot_check: float = 0.0
+    #: freivalds: random vectors tried; a wrong product passes each with
+    #: probability at most 1/2 (int64), so all with at most 2**-rounds
+    rounds: int = 20
+    #: freivalds, float64 only: |A(Br) - Cr| <= tolerance * (|A|(|B||r|) + |C||r|)
+    tolerance: float = 1e-9
+    #: freivalds: the inputs holding A and B (names under /in) and the output
+    #: holding C = A @ B (a name under /out); all .npy, int64 or float64
+    a: str = "a.npy"
+    b: str = "b.npy"
+    c: str = "c.npy"
 
 
 class ZkCircuit(msgspec.Struct, frozen=True, kw_only=True):
@@ -529,7 +573,75 @@ def _verify(table: Mapping[str, Any], executor: str) -> Verify:
             f'{mode!r} checks a proof, and only executor = "{owner}" jobs make one',
             f'use mode = "receipt" for {executor} jobs, or executor = "{owner}"',
         )
-    return Verify(mode=mode)
+    for key in table:
+        if key != "mode" and _VERIFY_MODE_KEYS[key] != mode:
+            raise _invalid(
+                f"verify.{key}",
+                f'only mode = "{_VERIFY_MODE_KEYS[key]}" reads it, this job\'s mode is {mode!r}',
+                f'remove verify.{key}, or use mode = "{_VERIFY_MODE_KEYS[key]}"',
+            )
+    default = Verify()
+    spot_check = table.get("spot_check", default.spot_check)
+    if isinstance(spot_check, bool) or not isinstance(spot_check, (int, float)):
+        raise _invalid(
+            "verify.spot_check", f"must be a number, got {_tname(spot_check)}", "e.g. 0.05"
+        )
+    if not 0.0 <= spot_check <= 1.0:
+        raise _invalid(
+            "verify.spot_check",
+            f"{spot_check} is not a fraction",
+            "use a number from 0 to 1, e.g. 0.05 re-runs one job in twenty",
+        )
+    tolerance = table.get("tolerance", default.tolerance)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+        raise _invalid(
+            "verify.tolerance", f"must be a number, got {_tname(tolerance)}", "e.g. 1e-9"
+        )
+    if not 0.0 <= tolerance < 1.0:
+        raise _invalid(
+            "verify.tolerance",
+            f"{tolerance} is out of range",
+            "use a relative tolerance from 0 to below 1, e.g. 1e-9",
+        )
+    names = {}
+    for key in ("a", "b", "c"):
+        value = table.get(key, getattr(default, key))
+        if (
+            not isinstance(value, str)
+            or not value
+            or value in (".", "..")
+            or "/" in value
+            or "\x00" in value
+            or len(value.encode()) > MAX_INPUT_NAME_BYTES
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+        ):
+            raise _invalid(
+                f"verify.{key}",
+                f"{value!r} is not a plain file name",
+                'name a .npy file, e.g. a = "a.npy"',
+            )
+        names[key] = value
+    return Verify(
+        mode=mode,
+        replicas=_int(
+            table, "replicas", "verify.", default.replicas, lo=2, hi=MAX_REPLICAS, unit=""
+        ),
+        max_rounds=_int(
+            table,
+            "max_rounds",
+            "verify.",
+            default.max_rounds,
+            lo=1,
+            hi=MAX_REPLICATE_ROUNDS,
+            unit="",
+        ),
+        spot_check=float(spot_check),
+        rounds=_int(
+            table, "rounds", "verify.", default.rounds, lo=1, hi=MAX_FREIVALDS_ROUNDS, unit=""
+        ),
+        tolerance=float(tolerance),
+        **names,
+    )
 
 
 # --- zk jobs ----------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 
 from protocol.errors import JobError
 from scheduler.jobstate import TERMINAL_STATES, JobEvent, JobState, transition
+from scheduler.reputation import Evidence, EvidenceKind
 
 __all__ = [
     "CreateJob",
@@ -85,6 +86,19 @@ CREATE TABLE IF NOT EXISTS owed (
     amount TEXT NOT NULL,
     recorded_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evidence (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider_account TEXT NOT NULL,
+    provider_peer TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_account ON evidence (provider_account);
+CREATE TRIGGER IF NOT EXISTS evidence_append_only_u BEFORE UPDATE ON evidence
+BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS transitions_append_only_u BEFORE UPDATE ON transitions
 BEGIN SELECT RAISE(ABORT, 'transitions is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS transitions_append_only_d BEFORE DELETE ON transitions
@@ -180,6 +194,9 @@ class RecordTransition:
     fields: Mapping[str, Any] = field(default_factory=dict)
     owed: OwedEntry | None = None
     reason: str | None = None
+    #: what this transition showed about a provider (scheduler.reputation),
+    #: written in the same transaction
+    evidence: tuple[Evidence, ...] = ()
 
 
 class JobStore:
@@ -235,9 +252,11 @@ class JobStore:
         now: float,
         owed: OwedEntry | None = None,
         reason: str | None = None,
+        evidence: tuple[Evidence, ...] = (),
         **fields: Any,
     ) -> JobRow:
-        """Apply ``event``, persist it (row, log, and ``owed`` if given) and return the row.
+        """Apply ``event``, persist it (row, log, ``owed`` and ``evidence`` if given)
+        and return the row.
 
         ``reason`` is kept in the log only (why a provider was replaced, say).
 
@@ -278,6 +297,20 @@ class JobStore:
                     raise JobError(
                         f"job {owed.job_id} is already owed", code="already_owed"
                     ) from None
+            for e in evidence:
+                self._db.execute(
+                    "INSERT INTO evidence (provider_account, provider_peer, job_id, kind, mode,"
+                    " detail, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        e.provider_account,
+                        e.provider_peer,
+                        e.job_id,
+                        e.kind.value,
+                        e.mode,
+                        e.detail,
+                        e.at,
+                    ),
+                )
         return self.get(job_id, role=role)
 
     def update(self, job_id: str, *, role: Role, now: float, **fields: Any) -> JobRow:
@@ -334,6 +367,21 @@ class JobStore:
             sql, args = sql + " WHERE provider_account = ?", (provider_account,)
         return [OwedEntry(*r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
+    def evidence(self, *, provider_account: str | None = None) -> list[Evidence]:
+        """Every piece of evidence about providers, oldest first (one account's if given)."""
+        sql = "SELECT provider_account, provider_peer, job_id, kind, at, mode, detail FROM evidence"
+        args: tuple = ()
+        if provider_account is not None:
+            sql, args = sql + " WHERE lower(provider_account) = lower(?)", (provider_account,)
+        out = []
+        for r in self._db.execute(sql + " ORDER BY id", args):
+            try:
+                kind = EvidenceKind(r[3])
+            except ValueError:  # a kind a newer version wrote: skipped, not fatal
+                continue
+            out.append(Evidence(r[0], r[1], r[2], kind, r[4], r[5], r[6]))
+        return out
+
     def owed_totals(self) -> dict[str, int]:
         """Total owed per provider account, summed exactly in Python (uint256 amounts)."""
         totals: dict[str, int] = {}
@@ -358,6 +406,7 @@ class JobStore:
             now=now,
             owed=command.owed,
             reason=command.reason,
+            evidence=command.evidence,
             **command.fields,
         )
 

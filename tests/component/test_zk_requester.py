@@ -26,6 +26,7 @@ from protocol.errors import JobError
 from protocol.market import Agreement, AgreementTerms, encode_market
 from scheduler.async_store import ThreadedStore
 from scheduler.jobstate import JobEvent, JobState
+from scheduler.reputation import Evidence, EvidenceKind
 from scheduler.spec import ContentRef, JobSpec, Price, Resources, Verify, ZkCircuit
 from scheduler.store import JobStore
 from scheduler.testing import FakeOutputs
@@ -416,8 +417,12 @@ async def test_a_job_whose_proofs_fail_completes_with_an_honest_provider(autojum
             await market.add_provider(n, executors=ZK_EXECUTORS)
         req = await market.add_requester()
         # the cheaters come first: they are the best reputed
+        accounts = {n.peer_id: n.record.account for n in peers.values()}
         for peer in cheats:
-            req.service.core.reputation[peer] = 10
+            for i in range(10):
+                req.service.core.book.add(
+                    Evidence(accounts[peer], peer, f"old{i}", EvidenceKind.VERIFIED, 0.0)
+                )
         job_id = await req.service.submit(zk_market_spec(), "bafkreispec")
         assert await market.wait_state(job_id, JobState.COMPLETED, JobState.FAILED) is (
             JobState.COMPLETED
@@ -432,7 +437,7 @@ async def test_a_job_whose_proofs_fail_completes_with_an_honest_provider(autojum
         ]
         assert set(market.outputs.modes) == {"zk"}
         core = req.service.core
-        assert all(core.reputation[p] == 10 - 3 for p in cheats)
+        assert all(core.book.counts(accounts[p])["caught_wrong"] == 1 for p in cheats)
         explained = core.explain(job_id, trio.current_time())
         assert {f["provider_peer"] for f in explained["verification_failures"]} == cheats
         nursery.cancel_scope.cancel()

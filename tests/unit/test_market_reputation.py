@@ -1,6 +1,7 @@
 """Selection uses reputation, then latency, when prices tie."""
 
 from ledger.agreement import AccountKeys
+from scheduler.reputation import Evidence, EvidenceKind
 from scheduler.requester import RequesterConfig, RequesterCore, SendAgreement
 from tests.unit.test_market_cores import P1, P2, T0, R, only, provider, spec
 
@@ -33,5 +34,6 @@ def test_reputation_outranks_latency_and_lost_jobs_cost_reputation():
     stats = {P1.peer_id: (-10.0, 1.0), P2.peer_id: (0.0, 90.0)}  # P1 misbehaved on the mesh
     assert _chosen(_core(lambda p: stats[p])) == P2.peer_id
     core = _core(lambda p: (0.0, 1.0 if p == P1.peer_id else 2.0))
-    core.reputation[P1.peer_id] -= 3  # P1 lost a job of ours before
+    # P1 lost a job of ours before
+    core.book.add(Evidence(P1.record.account, P1.peer_id, "j0", EvidenceKind.VANISHED, T0))
     assert _chosen(core) == P2.peer_id

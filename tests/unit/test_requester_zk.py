@@ -143,7 +143,7 @@ def test_a_rejected_proof_is_not_paid_and_the_job_is_placed_again_elsewhere():
     assert bid.seq == 2
     job = core.job(job_id)
     assert job.state is JobState.PENDING and P1.peer_id in job.excluded
-    assert core.reputation[P1.peer_id] == -3
+    assert core.book.counts(P1.record.account) == {"on_time": 1, "caught_wrong": 1}
     assert core.counters["replaced_verification_failed"] == 1
     # the provider that failed is not asked again, even when it quotes first
     q1 = only(provider(P1).handle_bid(bid, T0 + 3), SendQuote).message
@@ -156,7 +156,9 @@ def test_a_rejected_proof_is_not_paid_and_the_job_is_placed_again_elsewhere():
     pay = only(paid, SendPayment)
     assert pay.peer_id == P2.peer_id
     assert core.channels == {P2.record.account: int(pay.message.cumulative)}
-    assert core.reputation[P2.peer_id] == 1 and core.reputation[P1.peer_id] == -3
+    assert core.book.counts(P2.record.account) == {"on_time": 1, "verified": 1}
+    assert core.book.counts(P1.record.account) == {"on_time": 1, "caught_wrong": 1}
+    assert core.book.score(P2.record.account) > 0.5 > core.book.score(P1.record.account)
     assert core.job(job_id).state is JobState.COMPLETED
     # the rejection stays on the record: mask explain names the provider and why
     text = core.explain(job_id, T0 + 6)["text"]
@@ -188,7 +190,7 @@ def test_verification_attempts_are_bounded_and_each_reason_is_kept():
         (P2.peer_id, "bad proof 1"),
         (P3.peer_id, "bad proof 2"),
     ]
-    assert all(core.reputation[p.peer_id] == -3 for p in (P1, P2, P3))
+    assert all(core.book.counts(p.record.account)["caught_wrong"] == 1 for p in (P1, P2, P3))
     assert core.channels == {} and core.counters["verification_failed"] == 3
     # the explanation is stored with the failure (mask explain after a restart)
     explanation = only(out, RecordTransition).fields["explanation"]
@@ -246,7 +248,8 @@ def test_a_receipt_that_cannot_be_fetched_still_fails_the_job_at_once():
     out = core.output_verified(job_id, False, "fetching the output failed", T0 + 2)
     assert events(out) == [JobEvent.FAILED]
     assert only(out, RecordTransition).fields["error"]["code"] == "verification_failed"
-    assert core.reputation[P1.peer_id] == -3
+    assert core.book.counts(P1.record.account)["caught_wrong"] == 1
+    assert [e.kind for e in only(out, RecordTransition).evidence] == ["caught_wrong"]
 
 
 def _row(core: RequesterCore, job_id: str, state: JobState, verification) -> JobRow:

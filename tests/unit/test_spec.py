@@ -168,7 +168,15 @@ INVALID = [
     (('max_total = "1000000000000000"\n', ""), "price.max_total", "missing"),
     (("deadline_seconds = 300", "deadline_seconds = 0"), "price.deadline_seconds", "out of range"),
     (('mode = "receipt"', 'mode = "magic"'), "verify.mode", "unknown verify mode"),
-    (('mode = "receipt"', 'mode = "replicate"'), "verify.mode", "not supported yet"),
+    (('mode = "receipt"', 'mode = "majority"'), "verify.mode", "unknown verify mode"),
+    (('mode = "receipt"', 'mode = "receipt"\nreplicas = 3'), "verify.replicas", "only mode"),
+    (
+        ('mode = "receipt"', 'mode = "receipt"\nspot_check = 1.5'),
+        "verify.spot_check",
+        "not a fraction",
+    ),
+    (('mode = "receipt"', 'mode = "replicate"\nreplicas = 1'), "verify.replicas", "out of range"),
+    (('mode = "receipt"', 'mode = "freivalds"\na = "../x"'), "verify.a", "plain file name"),
     (('mode = "receipt"', 'mode = "zk"'), "verify.mode", 'only executor = "zk-groth16"'),
     (('name = "hello"', 'name = "hello"\ncircuit = "data"'), "circuit", "only zk-groth16 jobs"),
 ]

@@ -113,7 +113,7 @@ INVALID = [
     (
         ("[price]", '[verify]\nmode = "replicate"\n[price]'),
         "verify.mode",
-        "not supported yet",
+        "checked by their proof",
     ),
     (
         ("[price]", "[resources]\nmax_fuel = 10\n[price]"),
